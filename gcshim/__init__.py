@@ -1,0 +1,29 @@
+"""gcshim: gradient (activation) checkpointing for any PyTorch model at runtime, and out again."""
+
+from ._log import reset_notices
+from .adapters import Adapter, register_adapter, unregister_adapter
+from .api import Handle, applied, apply, is_applied, remove, report
+from .checkpoint import supported_options
+from .errors import GcshimWarning, UnsupportedOptionError
+from .report import LayerReport, Report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "GcshimWarning",
+    "Handle",
+    "LayerReport",
+    "Report",
+    "UnsupportedOptionError",
+    "__version__",
+    "applied",
+    "apply",
+    "is_applied",
+    "register_adapter",
+    "remove",
+    "report",
+    "reset_notices",
+    "supported_options",
+    "unregister_adapter",
+]

@@ -1,0 +1,208 @@
+"""The Adapter row: how one layer family's signature is handled while checkpointing.
+
+An adapter is data. The generic adapter (no class names) covers any layer by reading its
+signature: cache arguments are found by name, positionally or by keyword, and neutralised;
+when that drops a cache slot from a tuple output, the slot is put back so callers that index
+``outputs[1]`` keep working.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+CACHE_ARGS: Tuple[str, ...] = ("past_key_value", "past_key_values", "layer_past", "cache")
+CACHE_FLAG = "use_cache"
+
+# The cache slot of a tuple output: an index, "append" (after everything else), "auto"
+# (index 1 for `layer_past`-style layers, else appended), or a function of the call's arguments.
+CacheSlot = Union[int, str, Callable[[Callable[[str], Any]], Union[int, str]]]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What gcshim needs of a forward's signature: positional index and default per name."""
+
+    positions: Mapping[str, int]
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, function: Callable[..., Any]) -> Signature:
+        try:
+            params = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):  # builtins, odd callables: keywords only
+            return cls({}, {})
+        positions: Dict[str, int] = {}
+        defaults: Dict[str, Any] = {}
+        for index, param in enumerate(params):
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                positions[param.name] = index
+            if param.default is not param.empty:
+                defaults[param.name] = param.default
+        return cls(positions, defaults)
+
+
+@dataclass(frozen=True)
+class CacheEdit:
+    """What gcshim changed in one call, and what it needs to restore the output's shape."""
+
+    changed: Tuple[str, ...]
+    flag_dropped: bool
+    cache_name: Optional[str]
+    passed_cache: Any
+    argument: Callable[[str], Any]
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(package: str) -> Optional[Version]:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return None
+    try:
+        return Version(version(package))
+    except (PackageNotFoundError, InvalidVersion):
+        return None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One row of the adapter table.
+
+    classes: layer class names, matched along the class's MRO.
+    module_prefix: the matched class must be defined under this module (e.g. "transformers.").
+    package / versions: the row holds only while `package`'s installed version is in the
+        `packaging` specifier `versions` (e.g. ">=4.44,<4.53").
+    cache_args / cache_flag: cache argument names set to None, and the flag set to False.
+    cache_slot: where a tuple output carries the cache (see CacheSlot).
+    auto: whether `layers="auto"` picks layers of this row.
+    """
+
+    name: str
+    classes: Tuple[str, ...] = ()
+    module_prefix: Optional[str] = None
+    package: Optional[str] = None
+    versions: str = ""
+    cache_args: Tuple[str, ...] = CACHE_ARGS
+    cache_flag: Optional[str] = CACHE_FLAG
+    cache_slot: CacheSlot = "auto"
+    auto: bool = True
+    notes: str = ""
+    _specifier: SpecifierSet = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError("Adapter.name must be a non-empty string")
+        classes = (self.classes,) if isinstance(self.classes, str) else tuple(self.classes)
+        if not all(isinstance(name, str) for name in classes):
+            raise TypeError(f"Adapter.classes must be class-name strings, got {self.classes!r}")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "cache_args", tuple(self.cache_args))
+        try:
+            object.__setattr__(self, "_specifier", SpecifierSet(self.versions))
+        except InvalidSpecifier as error:
+            raise ValueError(f"Adapter {self.name!r}: bad versions {self.versions!r}") from error
+        if self.versions and not self.package:
+            raise ValueError(f"Adapter {self.name!r}: versions needs package")
+        slot = self.cache_slot
+        if not (isinstance(slot, int) or slot in ("auto", "append") or callable(slot)):
+            raise TypeError(f"Adapter {self.name!r}: bad cache_slot {slot!r}")
+
+    @property
+    def is_generic(self) -> bool:
+        return not self.classes
+
+    def holds_for_installed_version(self) -> bool:
+        if self.package is None:
+            return True
+        version = installed_version(self.package)
+        return version is not None and self._specifier.contains(version, prereleases=True)
+
+    def matches(self, cls: type) -> bool:
+        """Whether this row covers layers of class `cls` (or of a subclass of a named class)."""
+        if self.is_generic:
+            return True
+        for klass in cls.__mro__:
+            if klass.__name__ in self.classes and (
+                self.module_prefix is None or klass.__module__.startswith(self.module_prefix)
+            ):
+                return self.holds_for_installed_version()
+        return False
+
+    # -- the call -----------------------------------------------------------------------
+    def neutralise_caches(
+        self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
+        """Return args/kwargs with caches off, and what was changed (None if nothing)."""
+
+        def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
+            if name in kwargs:
+                return "kw", kwargs[name]
+            index = signature.positions.get(name)
+            if index is not None and index < len(args):
+                return index, args[index]
+            return None, signature.defaults.get(name)
+
+        def argument(name: str) -> Any:
+            return locate(name)[1]
+
+        new_args = list(args)
+        new_kwargs = dict(kwargs)
+
+        def put(where: Union[str, int], name: str, value: Any) -> None:
+            if where == "kw":
+                new_kwargs[name] = value
+            else:
+                new_args[where] = value
+
+        changed = []
+        cache_name, passed_cache = None, None
+        for name in self.cache_args:
+            where, value = locate(name)
+            if cache_name is None and (where is not None or name in signature.positions):
+                cache_name, passed_cache = name, value
+            if where is not None and value is not None:
+                put(where, name, None)
+                changed.append(f"{name}=None")
+        flag_dropped = False
+        if self.cache_flag:
+            where, value = locate(self.cache_flag)
+            if value:
+                flag_dropped = True
+                changed.append(f"{self.cache_flag}=False")
+                if where is None:  # a default of True: pass False explicitly
+                    new_kwargs[self.cache_flag] = False
+                else:
+                    put(where, self.cache_flag, False)
+        if not changed:
+            return args, kwargs, None
+        edit = CacheEdit(tuple(changed), flag_dropped, cache_name, passed_cache, argument)
+        return tuple(new_args), new_kwargs, edit
+
+    def restore_output(self, output: Any, edit: Optional[CacheEdit]) -> Any:
+        """Put the cache slot back into a tuple output whose caller asked for a cache.
+
+        The slot gets the cache the caller passed in (not updated), so code that collects or
+        converts it keeps working; a layer that returns a single tensor is left as it is.
+        """
+        if edit is None or not edit.flag_dropped or type(output) is not tuple:
+            return output
+        slot = self.cache_slot
+        if callable(slot):
+            slot = slot(edit.argument)
+        if slot == "auto":
+            slot = 1 if edit.cache_name == "layer_past" else "append"
+        if slot == "append":
+            return output + (edit.passed_cache,)
+        return output[:slot] + (edit.passed_cache,) + output[slot:]
+
+
+GENERIC = Adapter(
+    name="generic",
+    notes="any layer: caches found by argument name, tensors flattened into checkpoint inputs",
+)

@@ -1,0 +1,54 @@
+"""The adapter table: user rows first, then the built-in families, then the generic adapter."""
+
+from __future__ import annotations
+
+import threading
+from typing import List
+
+from torch import nn
+
+from . import torch_nn, transformers
+from .base import GENERIC, Adapter
+
+_BUILTIN: List[Adapter] = [*transformers.ROWS, *torch_nn.ROWS]
+_user_rows: List[Adapter] = []
+_lock = threading.Lock()
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Add a row that takes precedence over the built-in table; returns it."""
+    if not isinstance(adapter, Adapter):
+        raise TypeError(f"register_adapter expects a gcshim.Adapter, got {type(adapter).__name__}")
+    if adapter.is_generic:
+        raise ValueError(f"adapter {adapter.name!r} names no layer classes")
+    with _lock:
+        _user_rows.insert(0, adapter)
+    return adapter
+
+
+def unregister_adapter(adapter: Adapter) -> None:
+    """Remove a row added with `register_adapter` (no error if it is not there)."""
+    with _lock:
+        if adapter in _user_rows:
+            _user_rows.remove(adapter)
+
+
+def adapter_rows() -> List[Adapter]:
+    """The table in lookup order (user rows, then built-in rows)."""
+    with _lock:
+        return [*_user_rows, *_BUILTIN]
+
+
+def find_adapter(module: nn.Module) -> Adapter:
+    """The first row that covers `module`'s class on the installed versions, else generic."""
+    cls = type(module)
+    for row in adapter_rows():
+        if row.matches(cls):
+            return row
+    return GENERIC
+
+
+def has_specific_adapter(module: nn.Module) -> bool:
+    """Whether a table row with `auto=True` names this module's class."""
+    row = find_adapter(module)
+    return not row.is_generic and row.auto

@@ -1,0 +1,184 @@
+"""The public API: apply, remove, applied, report, and the Handle that apply returns."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from typing import Any, Iterator, List, Optional, Tuple, Union
+
+from torch import nn
+
+from . import patch as _patch
+from ._log import logger, notice_once
+from .adapters import find_adapter
+from .checkpoint import make_options
+from .report import LayerReport, Report
+from .select import LayerSpec, annotate, select
+
+# root model -> the Handle of the apply that patched it (weak: never keeps a model alive)
+_handles: weakref.WeakKeyDictionary[nn.Module, Handle] = weakref.WeakKeyDictionary()
+_lock = threading.RLock()
+
+
+class Handle:
+    """What `apply` did to one model; `remove()` undoes exactly that."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]],
+        skipped: List[Tuple[str, nn.Module, str]],
+        source: str,
+    ) -> None:
+        self._model_ref = weakref.ref(model)
+        self._model_name = type(model).__name__
+        self._patched = patched
+        self._skipped = [(path, type(module).__name__, why) for path, module, why in skipped]
+        self.source = source
+
+    @property
+    def model(self) -> Optional[nn.Module]:
+        return self._model_ref()
+
+    @property
+    def layers(self) -> List[str]:
+        """Paths of the layers this handle still has checkpointed."""
+        return [path for path, module, wrapper in self._patched
+                if _patch.patched_forward(module) is wrapper]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.layers)
+
+    def remove(self) -> None:
+        """Restore every layer this handle patched; harmless when called again."""
+        with _lock:
+            for _path, module, wrapper in reversed(self._patched):
+                _patch.unpatch(module, wrapper)
+            self._patched = []
+            model = self.model
+            if model is not None and _handles.get(model) is self:
+                del _handles[model]
+
+    def report(self) -> Report:
+        rows = []
+        for path, module, wrapper in self._patched:
+            if _patch.patched_forward(module) is wrapper:
+                rows.append(_row(path, module, wrapper))
+        rows += [LayerReport(path, cls, "skipped: " + why) for path, cls, why in self._skipped]
+        return Report(self._model_name, rows, self.source)
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        return f"<gcshim.Handle {self._model_name}: {len(self.layers)} layers checkpointed>"
+
+
+def _row(path: str, module: nn.Module, wrapper: _patch.CheckpointedForward) -> LayerReport:
+    call = wrapper.gcshim_call
+    return LayerReport(path, type(module).__name__, "checkpointed", call.adapter.name,
+                       call.options.mode)
+
+
+def _check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"gcshim expects a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def is_applied(model: nn.Module) -> bool:
+    """Whether any layer under `model` is checkpointed by gcshim."""
+    return next(_patch.iter_patched(_check_model(model)), None) is not None
+
+
+def apply(
+    model: nn.Module,
+    layers: LayerSpec = "auto",
+    *,
+    use_reentrant: bool = False,
+    preserve_rng_state: bool = True,
+    **checkpoint_options: Any,
+) -> Handle:
+    """Checkpoint the chosen layers of `model` in place; returns a Handle to undo it.
+
+    layers: "auto" (adapter table, then transformers' _no_split_modules, then repeated blocks
+        of a ModuleList/Sequential), a class or tuple/list of classes, a class-name glob such
+        as "*DecoderLayer", a callable (name, module) -> bool, or a list mixing these.
+    use_reentrant, preserve_rng_state, and the other options of torch.utils.checkpoint that
+        the installed torch has (context_fn, determinism_check, debug, early_stop, ...).
+    """
+    _check_model(model)
+    options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
+    with _lock:
+        if is_applied(model):
+            notice_once(
+                "apply-twice",
+                f"gcshim: {type(model).__name__} is already applied; apply() did nothing. "
+                "Call remove() first to change what is checkpointed.",
+            )
+            return _handles.get(model) or _handle_from_tree(model)
+        selection = select(model, layers)
+        patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]] = []
+        current = ""
+        try:
+            for current, module in selection.chosen:
+                wrapper = _patch.patch(module, find_adapter(module), options)
+                patched.append((current, module, wrapper))
+        except BaseException as error:
+            for _path, module, wrapper in reversed(patched):
+                _patch.unpatch(module, wrapper)
+            if isinstance(error, Exception):
+                annotate(error, f"gcshim: could not patch {current!r}")
+            raise
+        for path, _module, why in selection.skipped:
+            logger.info("gcshim: %s left alone: %s", path, why)
+        handle = Handle(model, patched, selection.skipped, selection.source)
+        _handles[model] = handle
+        return handle
+
+
+def _handle_from_tree(model: nn.Module) -> Handle:
+    return Handle(model, list(_patch.iter_patched(model)), [], "found on the model")
+
+
+def remove(model_or_handle: Union[nn.Module, Handle]) -> None:
+    """Undo gcshim on a model (every gcshim patch under it) or a Handle; harmless if none."""
+    if isinstance(model_or_handle, Handle):
+        model_or_handle.remove()
+        return
+    model = _check_model(model_or_handle)
+    with _lock:
+        handle = _handles.pop(model, None)
+        if handle is not None:
+            handle.remove()
+        for _path, module, _wrapper in list(_patch.iter_patched(model)):
+            _patch.unpatch(module)
+
+
+def report(model_or_handle: Union[nn.Module, Handle]) -> Report:
+    """What is checkpointed under a model (or by a Handle), by which adapter, in which mode."""
+    if isinstance(model_or_handle, Handle):
+        return model_or_handle.report()
+    model = _check_model(model_or_handle)
+    handle = _handles.get(model)
+    if handle is not None and handle.active:
+        return handle.report()
+    rows = [_row(path, module, wrapper) for path, module, wrapper in _patch.iter_patched(model)]
+    return Report(type(model).__name__, rows)
+
+
+@contextlib.contextmanager
+def applied(model: nn.Module, layers: LayerSpec = "auto", **options: Any) -> Iterator[Handle]:
+    """`apply` for the duration of a with-block; an apply made before the block stays."""
+    was_applied = is_applied(model)
+    handle = apply(model, layers, **options)
+    try:
+        yield handle
+    finally:
+        if not was_applied:
+            handle.remove()

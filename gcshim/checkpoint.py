@@ -1,0 +1,114 @@
+"""The one place that talks to `torch.utils.checkpoint.checkpoint`.
+
+What the installed torch accepts is read from the function's signature (feature detection),
+so the rest of gcshim never branches on the torch version:
+
+- 2.0: ``checkpoint(fn, *args, use_reentrant=True, **kwargs)``, ``preserve_rng_state`` in kwargs;
+- 2.1+: ``context_fn``, ``determinism_check``, ``debug``; 2.9+: ``early_stop``;
+- 2.14+: ``respect_saved_tensors_hooks`` and ``preserve_rng_state`` as real keywords.
+
+gcshim passes only tensors positionally to ``checkpoint`` (see ``gcshim.tree``), so layer
+keyword arguments never collide with checkpoint's own keywords, and device RNG state is stashed
+for every tensor, including those the caller passed by keyword.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
+
+import torch
+import torch.utils.checkpoint as _torch_checkpoint
+
+from .errors import UnsupportedOptionError
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_optional_bool(value: Any) -> bool:
+    return value is None or isinstance(value, bool)
+
+
+def _is_determinism_check(value: Any) -> bool:
+    return value in ("default", "none")
+
+
+# option -> (validator, what it must be, first torch release that has it, non-reentrant only)
+_OPTION_RULES: Dict[str, Tuple[Callable[[Any], bool], str, str, bool]] = {
+    "use_reentrant": (_is_bool, "a bool", "2.0", False),
+    "preserve_rng_state": (_is_bool, "a bool", "2.0", False),
+    "context_fn": (callable, "a callable returning two context managers", "2.1", True),
+    "determinism_check": (_is_determinism_check, "'default' or 'none'", "2.1", True),
+    "debug": (_is_bool, "a bool", "2.1", True),
+    "early_stop": (_is_bool, "a bool", "2.9", False),
+    "respect_saved_tensors_hooks": (_is_optional_bool, "a bool or None", "2.14", False),
+}
+
+# 2.0 pops preserve_rng_state out of **kwargs: it is always accepted.
+_ALWAYS = frozenset({"use_reentrant", "preserve_rng_state"})
+
+
+def supported_options() -> FrozenSet[str]:
+    """The checkpoint options the installed torch accepts."""
+    params = inspect.signature(_torch_checkpoint.checkpoint).parameters
+    return _ALWAYS | frozenset(name for name in _OPTION_RULES if name in params)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """Validated options for every checkpoint call of one `apply`."""
+
+    use_reentrant: bool = False
+    preserve_rng_state: bool = True
+    extra: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def mode(self) -> str:
+        return "reentrant" if self.use_reentrant else "non-reentrant"
+
+    def as_kwargs(self) -> Dict[str, Any]:
+        kwargs = {
+            "use_reentrant": self.use_reentrant,
+            "preserve_rng_state": self.preserve_rng_state,
+        }
+        kwargs.update(self.extra)
+        return kwargs
+
+
+def make_options(
+    use_reentrant: bool = False, preserve_rng_state: bool = True, **extra: Any
+) -> CheckpointOptions:
+    """Check options against the installed torch; raise a clear error for anything off."""
+    given = dict(extra, use_reentrant=use_reentrant, preserve_rng_state=preserve_rng_state)
+    available = supported_options()
+    for name, value in given.items():
+        if name not in _OPTION_RULES:
+            known = ", ".join(sorted(_OPTION_RULES))
+            raise TypeError(f"unknown checkpoint option {name!r}; gcshim knows: {known}")
+        valid, expected, since, non_reentrant_only = _OPTION_RULES[name]
+        if name not in available:
+            raise UnsupportedOptionError(
+                f"checkpoint option {name!r} needs torch>={since}; "
+                f"the installed torch {torch.__version__} does not have it"
+            )
+        if not valid(value):
+            raise TypeError(f"checkpoint option {name!r} must be {expected}, got {value!r}")
+        if use_reentrant and non_reentrant_only:
+            raise ValueError(
+                f"checkpoint option {name!r} works only with use_reentrant=False"
+            )
+    return CheckpointOptions(
+        use_reentrant=use_reentrant,
+        preserve_rng_state=preserve_rng_state,
+        extra=tuple(sorted(extra.items())),
+    )
+
+
+def checkpoint(
+    function: Callable[..., Any], inputs: Sequence[torch.Tensor], options: CheckpointOptions
+) -> Any:
+    """Run `function(*inputs)` under torch's checkpoint with `options` (use_reentrant explicit)."""
+    return _torch_checkpoint.checkpoint(function, *inputs, **options.as_kwargs())

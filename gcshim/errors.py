@@ -1,0 +1,9 @@
+"""Exception and warning types that users can catch or filter."""
+
+
+class GcshimWarning(UserWarning):
+    """A behaviour change gcshim made on the user's behalf (e.g. a cache it disabled)."""
+
+
+class UnsupportedOptionError(TypeError):
+    """A checkpoint option that the installed torch does not have."""

@@ -1,0 +1,91 @@
+"""Instance-level patching of `forward` with wrapt, and its exact undoing.
+
+Only the instance's own ``__dict__`` is touched: the class, and every other instance of it,
+never see gcshim (transformers 5.24 decides whether to checkpoint by comparing
+``type(self).forward`` with its own wrapper, so a class-level patch would silently switch its
+checkpointing off for every other model). Everything needed to undo a patch lives on the
+wrapper itself, so a deep copy of an applied model carries its own patches and can be removed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator, Optional, Tuple
+
+import wrapt
+from torch import nn
+
+from .adapters import Adapter, Signature
+from .checkpoint import CheckpointOptions
+from .runtime import CheckpointedCall
+
+_MISSING = object()
+
+
+class CheckpointedForward(wrapt.FunctionWrapper):
+    """The `forward` gcshim puts on a layer instance (a transparent wrapt proxy)."""
+
+    def __init__(self, wrapped: Any, call: CheckpointedCall, previous: Any = _MISSING):
+        super().__init__(wrapped, call)
+        # What the instance's __dict__ held under "forward" before (usually nothing).
+        self._self_previous = previous
+
+    @property
+    def gcshim_call(self) -> CheckpointedCall:
+        return self._self_wrapper
+
+    def __deepcopy__(self, memo: dict) -> CheckpointedForward:
+        # The copied module's patch wraps the copied module's own forward.
+        previous = self._self_previous
+        if previous is not _MISSING:
+            previous = copy.deepcopy(previous, memo)
+        return type(self)(copy.deepcopy(self.__wrapped__, memo), self._self_wrapper, previous)
+
+    def __copy__(self) -> CheckpointedForward:
+        return type(self)(self.__wrapped__, self._self_wrapper, self._self_previous)
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        # Pickle (torch.save) what the wrapper stands for, so the file loads where gcshim was
+        # never imported: the original forward, which runs the layer un-checkpointed.
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
+def patched_forward(module: nn.Module) -> Optional[CheckpointedForward]:
+    """The gcshim wrapper on `module`, or None."""
+    candidate = module.__dict__.get("forward")
+    return candidate if isinstance(candidate, CheckpointedForward) else None
+
+
+def patch(module: nn.Module, adapter: Adapter, options: CheckpointOptions) -> CheckpointedForward:
+    """Wrap `module.forward` in checkpoint logic for this instance only."""
+    if patched_forward(module) is not None:
+        raise RuntimeError("already patched by gcshim")
+    previous = module.__dict__.get("forward", _MISSING)
+    original = module.forward
+    if not callable(original):
+        raise TypeError(f"its forward is not callable ({type(original).__name__})")
+    call = CheckpointedCall(adapter, options, Signature.of(original))
+    wrapper = CheckpointedForward(original, call, previous)
+    module.__dict__["forward"] = wrapper
+    return wrapper
+
+
+def unpatch(module: nn.Module, wrapper: Optional[CheckpointedForward] = None) -> bool:
+    """Undo gcshim's patch on `module` (only `wrapper` if given); True if something was undone."""
+    current = patched_forward(module)
+    if current is None or (wrapper is not None and current is not wrapper):
+        return False
+    previous = current._self_previous
+    if previous is _MISSING:
+        del module.__dict__["forward"]
+    else:
+        module.__dict__["forward"] = previous
+    return True
+
+
+def iter_patched(model: nn.Module) -> Iterator[Tuple[str, nn.Module, CheckpointedForward]]:
+    """(path, module, wrapper) for every patched module under `model`, root included."""
+    for path, module in model.named_modules():
+        wrapper = patched_forward(module)
+        if wrapper is not None:
+            yield path, module, wrapper

@@ -1,0 +1,44 @@
+"""What gcshim did to a model, as rows and as a printable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    path: str
+    layer: str
+    status: str  # "checkpointed" or "skipped: <reason>"
+    adapter: str = ""
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    model: str
+    rows: List[LayerReport]
+    source: str = ""
+
+    @property
+    def checkpointed(self) -> List[str]:
+        return [row.path for row in self.rows if row.status == "checkpointed"]
+
+    def __str__(self) -> str:
+        if not self.rows:
+            return f"gcshim: nothing applied to {self.model}"
+        header = ("layer path", "class", "status", "adapter", "mode")
+        table = [header] + [
+            (row.path, row.layer, row.status, row.adapter, row.mode) for row in self.rows
+        ]
+        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+        lines = [
+            f"gcshim: {len(self.checkpointed)} of {len(self.rows)} layers of {self.model} "
+            f"checkpointed" + (f" (found by {self.source})" if self.source else "")
+        ]
+        for i, line in enumerate(table):
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""What a patched layer's forward does on each call."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+from torch import nn
+
+from . import tree
+from ._log import warn_once
+from .adapters import Adapter, Signature
+from .checkpoint import CheckpointOptions, checkpoint
+
+
+def should_checkpoint(module: nn.Module) -> bool:
+    """Checkpoint only when a backward will follow and nobody else checkpoints this layer."""
+    if not (module.training and torch.is_grad_enabled()):
+        return False
+    # transformers' own checkpointing switched on after apply(): let it do the work, once.
+    return getattr(module, "gradient_checkpointing", False) is not True
+
+
+def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
+    """(any input tensor requires grad, any parameter of the layer requires grad)."""
+    inputs_need = any(t.requires_grad for t in inputs)
+    params_need = inputs_need or any(p.requires_grad for p in module.parameters())
+    return inputs_need, params_need
+
+
+class CheckpointedCall:
+    """The wrapt wrapper function of one patched layer (shared, immutable state)."""
+
+    __slots__ = ("adapter", "options", "signature")
+
+    def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature):
+        self.adapter = adapter
+        self.options = options
+        self.signature = signature
+
+    def __call__(
+        self,
+        wrapped: Callable[..., Any],
+        instance: nn.Module,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+    ) -> Any:
+        if not should_checkpoint(instance):
+            return wrapped(*args, **kwargs)
+        args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
+        if edit is not None:
+            layer = type(instance).__qualname__
+            warn_once(
+                f"cache:{type(instance).__module__}.{layer}",
+                f"gcshim: caching is off while {layer} is checkpointed "
+                f"({', '.join(edit.changed)}); a cache slot in its output returns the cache "
+                "passed in, not updated. Shown once per layer class.",
+                stacklevel=4,
+            )
+        output = self._checkpoint(wrapped, instance, args, kwargs)
+        return self.adapter.restore_output(output, edit)
+
+    def _checkpoint(
+        self,
+        wrapped: Callable[..., Any],
+        module: nn.Module,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+    ) -> Any:
+        tensors, skeleton = tree.flatten((args, kwargs))
+        inputs_need, anything_needs = _needs_grad(module, tensors)
+        if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
+            return wrapped(*args, **kwargs)
+        reentrant = self.options.use_reentrant
+        count = len(tensors)
+        output_skeleton = []
+
+        def run(*flat: torch.Tensor) -> Any:
+            call_args, call_kwargs = tree.unflatten(skeleton, flat[:count])
+            output = wrapped(*call_args, **call_kwargs)
+            if not reentrant:
+                return output
+            # Reentrant checkpoint only connects top-level tensor outputs to autograd.
+            out_tensors, out_skeleton = tree.flatten(output)
+            output_skeleton[:] = [out_skeleton]
+            return tuple(out_tensors)
+
+        if reentrant and not inputs_need:
+            # Frozen inputs (frozen embeddings, LoRA): without an input that requires grad the
+            # reentrant output would not require grad and the layer's parameters would get
+            # none. An unused leaf that requires grad connects it.
+            tensors = [*tensors, torch.zeros((), requires_grad=True)]
+        output = checkpoint(run, tensors, self.options)
+        if reentrant:
+            output = tree.unflatten(output_skeleton[0], output)
+        return output

@@ -1,0 +1,216 @@
+"""Which module instances to checkpoint: the user's `layers` spec, or auto discovery."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+from .adapters import has_specific_adapter
+from .patch import patched_forward
+
+LayerMatcher = Callable[[str, nn.Module], bool]
+LayerSpec = Union[str, type, LayerMatcher, Sequence[Union[str, type, LayerMatcher]]]
+
+AUTO = "auto"
+
+
+@dataclass
+class Selection:
+    chosen: List[Tuple[str, nn.Module]] = field(default_factory=list)
+    skipped: List[Tuple[str, nn.Module, str]] = field(default_factory=list)
+    source: str = ""
+
+
+def annotate(error: BaseException, context: str) -> None:
+    """Prefix an exception's message with where it happened, keeping its type and traceback."""
+    if error.args and isinstance(error.args[0], str):
+        error.args = (f"{context}: {error.args[0]}", *error.args[1:])
+    elif not error.args:
+        error.args = (context,)
+
+
+# -- the spec -------------------------------------------------------------------------------
+def _compile_one(spec: object, where: str) -> Union[str, LayerMatcher]:
+    if isinstance(spec, str):
+        if not spec:
+            raise ValueError("layers: an empty string matches nothing")
+        if spec == AUTO:
+            return AUTO
+        return lambda _name, module: fnmatch.fnmatchcase(type(module).__name__, spec)
+    if isinstance(spec, type):
+        if not issubclass(spec, nn.Module):
+            raise TypeError(f"layers{where}: {spec.__name__} is not an nn.Module subclass")
+        return lambda _name, module: isinstance(module, spec)
+    if callable(spec):
+        return spec  # type: ignore[return-value]
+    raise TypeError(
+        f"layers{where} must be 'auto', a class, a class-name string or glob, a callable "
+        f"(name, module) -> bool, or a list/tuple of these; got {type(spec).__name__}"
+    )
+
+
+def compile_spec(layers: object) -> List[Union[str, LayerMatcher]]:
+    """Turn a `layers` spec into matchers (or AUTO); raise TypeError on anything else."""
+    if isinstance(layers, (list, tuple)):
+        if not layers:
+            raise ValueError("layers: an empty list matches nothing")
+        return [_compile_one(item, f"[{i}]") for i, item in enumerate(layers)]
+    return [_compile_one(layers, "")]
+
+
+def describe_spec(layers: object) -> str:
+    if isinstance(layers, (list, tuple)):
+        return "[" + ", ".join(describe_spec(item) for item in layers) + "]"
+    if isinstance(layers, type):
+        return layers.__name__
+    if isinstance(layers, str):
+        return repr(layers)
+    return getattr(layers, "__qualname__", repr(layers))
+
+
+# -- already checkpointed ---------------------------------------------------------------------
+def _torch_checkpoint_wrapper_types() -> Tuple[type, ...]:
+    try:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+    except Exception:  # torch built without distributed
+        return ()
+    return (ActivationWrapper,)
+
+
+def _already_checkpointed(module: nn.Module, wrapper_types: Tuple[type, ...]) -> Optional[str]:
+    if patched_forward(module) is not None:
+        return "already checkpointed by an earlier gcshim.apply"
+    if wrapper_types and isinstance(module, wrapper_types):
+        return "is a torch CheckpointWrapper"
+    if getattr(module, "gradient_checkpointing", False) is True:
+        return "transformers' own gradient checkpointing is on"
+    return None
+
+
+def _reasons_by_path(model: nn.Module) -> Dict[str, str]:
+    """Paths of modules under which everything is already checkpointed, with the reason."""
+    wrapper_types = _torch_checkpoint_wrapper_types()
+    reasons = {}
+    for path, module in model.named_modules():
+        reason = _already_checkpointed(module, wrapper_types)
+        if reason is not None:
+            reasons[path] = reason
+    return reasons
+
+
+def _covering_reason(path: str, reasons: Dict[str, str]) -> Optional[str]:
+    """The reason of the nearest ancestor-or-self in `reasons` (the root is path "")."""
+    parts = path.split(".") if path else []
+    for depth in range(len(parts), -1, -1):
+        reason = reasons.get(".".join(parts[:depth]))
+        if reason is not None:
+            return reason
+    return None
+
+
+# -- discovery ---------------------------------------------------------------------------------
+def _is_block(module: nn.Module) -> bool:
+    """A module worth checkpointing on its own: it has sub-layers and parameters."""
+    return next(module.children(), None) is not None and next(module.parameters(), None) is not None
+
+
+def _repeated_block_classes(model: nn.Module) -> List[type]:
+    """Classes that appear at least twice as blocks of one ModuleList/Sequential."""
+    found: List[type] = []
+    for module in model.modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        counts = Counter(type(child) for child in module.children() if _is_block(child))
+        found.extend(cls for cls, n in counts.items() if n >= 2 and cls not in found)
+    return found
+
+
+def _no_split_class_names(model: nn.Module) -> List[str]:
+    names: List[str] = []
+    for module in model.modules():
+        declared = getattr(module, "_no_split_modules", None)
+        if isinstance(declared, (list, tuple, set, frozenset)):
+            names.extend(n for n in sorted(declared) if isinstance(n, str) and n not in names)
+    return names
+
+
+def _auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
+    yield "adapter table", lambda _name, module: has_specific_adapter(module)
+    no_split = _no_split_class_names(model)
+    if no_split:
+        yield (
+            "transformers _no_split_modules",
+            lambda _name, module: type(module).__name__ in no_split,
+        )
+    repeated = tuple(_repeated_block_classes(model))
+    if repeated:
+        yield "repeated blocks", lambda _name, module: type(module) in repeated
+
+
+def candidate_classes(model: nn.Module) -> List[str]:
+    """Block classes a user could name: repeated blocks, or else every composite class."""
+    repeated = _repeated_block_classes(model)
+    if repeated:
+        return [cls.__name__ for cls in repeated]
+    names: List[str] = []
+    for _path, module in list(model.named_modules())[1:]:
+        name = type(module).__name__
+        if _is_block(module) and name not in names:
+            names.append(name)
+    return names
+
+
+def _outermost_matches(
+    model: nn.Module, matchers: List[LayerMatcher]
+) -> List[Tuple[str, nn.Module]]:
+    """Modules (never the root) that a matcher accepts, skipping those inside a match."""
+    matches: List[Tuple[str, nn.Module]] = []
+    for path, module in list(model.named_modules())[1:]:
+        if any(path.startswith(outer + ".") for outer, _ in matches):
+            continue
+        for matcher in matchers:
+            try:
+                accepted = matcher(path, module)
+            except BaseException as error:
+                annotate(error, f"gcshim: layers callable failed on {path!r} "
+                                f"({type(module).__name__})")
+                raise
+            if accepted:
+                matches.append((path, module))
+                break
+    return matches
+
+
+def select(model: nn.Module, layers: object) -> Selection:
+    """Choose the layers to checkpoint; LookupError if the spec matches none."""
+    compiled = compile_spec(layers)
+    explicit = [m for m in compiled if m is not AUTO]
+    selection = Selection()
+    matches = _outermost_matches(model, explicit) if explicit else []
+    sources = ["layers=" + describe_spec(layers)] if matches else []
+    if AUTO in compiled:
+        for source, matcher in _auto_strategies(model):
+            auto_matches = _outermost_matches(model, [*explicit, matcher])
+            if len(auto_matches) > len(matches):
+                matches, sources = auto_matches, [*sources, "auto: " + source]
+                break
+    if not matches:
+        candidates = ", ".join(candidate_classes(model)) or "none"
+        what = "auto discovery" if AUTO in compiled else f"layers={describe_spec(layers)}"
+        raise LookupError(
+            f"gcshim: {what} matched no layer in {type(model).__name__} (the root itself is "
+            f"never checkpointed). Candidate block classes: {candidates}"
+        )
+    reasons = _reasons_by_path(model)
+    for path, module in matches:
+        reason = _covering_reason(path, reasons)
+        if reason is None:
+            selection.chosen.append((path, module))
+        else:
+            selection.skipped.append((path, module, reason))
+    selection.source = " + ".join(sources)
+    return selection

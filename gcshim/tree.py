@@ -1,0 +1,61 @@
+"""Flatten nested call arguments and outputs into a flat tuple of tensors, and back.
+
+Reentrant checkpointing only sees tensors passed positionally at the top level, and torch only
+stashes device RNG state for those. Flattening every tensor, wherever the caller put it
+(keyword, tuple, list, dict), into one positional tuple fixes both.
+Only plain containers are opened (tuple, list, dict, namedtuple); anything else is a leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence, Tuple
+
+import torch
+
+
+class _Slot:
+    """Placeholder for the i-th tensor in a skeleton."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _is_namedtuple(obj: Any) -> bool:
+    return isinstance(obj, tuple) and hasattr(type(obj), "_fields")
+
+
+def _map_leaves(node: Any, leaf: Callable[[Any], Any]) -> Any:
+    """Copy the plain containers in `node`, replacing every leaf by `leaf(leaf_value)`."""
+    kind = type(node)
+    if kind is tuple or kind is list:
+        return kind(_map_leaves(item, leaf) for item in node)
+    if _is_namedtuple(node):
+        return kind(*(_map_leaves(item, leaf) for item in node))
+    if kind is dict:
+        return {key: _map_leaves(value, leaf) for key, value in node.items()}
+    return leaf(node)
+
+
+def flatten(obj: Any) -> Tuple[List[torch.Tensor], Any]:
+    """Return the tensors found in `obj` (depth first) and a skeleton to rebuild it."""
+    tensors: List[torch.Tensor] = []
+
+    def take(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors.append(node)
+            return _Slot(len(tensors) - 1)
+        return node
+
+    skeleton = _map_leaves(obj, take)
+    return tensors, skeleton
+
+
+def unflatten(skeleton: Any, tensors: Sequence[torch.Tensor]) -> Any:
+    """Rebuild the structure recorded by `flatten`, filling in `tensors`."""
+
+    def fill(node: Any) -> Any:
+        return tensors[node.index] if isinstance(node, _Slot) else node
+
+    return _map_leaves(skeleton, fill)
