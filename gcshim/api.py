@@ -96,6 +96,18 @@ def is_applied(model: nn.Module) -> bool:
     return next(_patch.iter_patched(_check_model(model)), None) is not None
 
 
+def _applied_to(model: nn.Module) -> bool:
+    """Whether an earlier apply(model), or a deep copy of an applied model, patched `model`.
+
+    Patches that an apply() on one of its submodules made do not count: apply(model) then
+    checkpoints the rest and leaves those alone.
+    """
+    handle = _handles.get(model)
+    if handle is not None and handle.active:
+        return True
+    return any(wrapper.owner in (None, model) for *_, wrapper in _patch.iter_patched(model))
+
+
 def apply(
     model: nn.Module,
     layers: LayerSpec = "auto",
@@ -115,7 +127,7 @@ def apply(
     _check_model(model)
     options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
     with _lock:
-        if is_applied(model):
+        if _applied_to(model):
             notice_once(
                 "apply-twice",
                 f"gcshim: {type(model).__name__} is already applied; apply() did nothing. "
@@ -127,7 +139,7 @@ def apply(
         current = ""
         try:
             for current, module in selection.chosen:
-                wrapper = _patch.patch(module, find_adapter(module), options)
+                wrapper = _patch.patch(module, find_adapter(module), options, model)
                 patched.append((current, module, wrapper))
         except BaseException as error:
             for _path, module, wrapper in reversed(patched):
@@ -175,7 +187,7 @@ def report(model_or_handle: Union[nn.Module, Handle]) -> Report:
 @contextlib.contextmanager
 def applied(model: nn.Module, layers: LayerSpec = "auto", **options: Any) -> Iterator[Handle]:
     """`apply` for the duration of a with-block; an apply made before the block stays."""
-    was_applied = is_applied(model)
+    was_applied = _applied_to(_check_model(model))
     handle = apply(model, layers, **options)
     try:
         yield handle

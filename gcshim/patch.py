@@ -10,6 +10,7 @@ wrapper itself, so a deep copy of an applied model carries its own patches and c
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any, Iterator, Optional, Tuple
 
 import wrapt
@@ -25,10 +26,22 @@ _MISSING = object()
 class CheckpointedForward(wrapt.FunctionWrapper):
     """The `forward` gcshim puts on a layer instance (a transparent wrapt proxy)."""
 
-    def __init__(self, wrapped: Any, call: CheckpointedCall, previous: Any = _MISSING):
+    def __init__(
+        self,
+        wrapped: Any,
+        call: CheckpointedCall,
+        previous: Any = _MISSING,
+        owner: Optional[nn.Module] = None,
+    ):
         super().__init__(wrapped, call)
         # What the instance's __dict__ held under "forward" before (usually nothing).
-        self._self_previous = previous
+        self._self_gcshim_previous = previous
+        # The model passed to apply(); a deep copy's patches belong to no apply.
+        self._self_gcshim_owner = weakref.ref(owner) if owner is not None else None
+
+    @property
+    def owner(self) -> Optional[nn.Module]:
+        return self._self_gcshim_owner() if self._self_gcshim_owner is not None else None
 
     @property
     def gcshim_call(self) -> CheckpointedCall:
@@ -36,13 +49,13 @@ class CheckpointedForward(wrapt.FunctionWrapper):
 
     def __deepcopy__(self, memo: dict) -> CheckpointedForward:
         # The copied module's patch wraps the copied module's own forward.
-        previous = self._self_previous
+        previous = self._self_gcshim_previous
         if previous is not _MISSING:
             previous = copy.deepcopy(previous, memo)
         return type(self)(copy.deepcopy(self.__wrapped__, memo), self._self_wrapper, previous)
 
     def __copy__(self) -> CheckpointedForward:
-        return type(self)(self.__wrapped__, self._self_wrapper, self._self_previous)
+        return type(self)(self.__wrapped__, self._self_wrapper, self._self_gcshim_previous)
 
     def __reduce_ex__(self, protocol: int) -> Any:
         # Pickle (torch.save) what the wrapper stands for, so the file loads where gcshim was
@@ -56,7 +69,9 @@ def patched_forward(module: nn.Module) -> Optional[CheckpointedForward]:
     return candidate if isinstance(candidate, CheckpointedForward) else None
 
 
-def patch(module: nn.Module, adapter: Adapter, options: CheckpointOptions) -> CheckpointedForward:
+def patch(
+    module: nn.Module, adapter: Adapter, options: CheckpointOptions, owner: nn.Module
+) -> CheckpointedForward:
     """Wrap `module.forward` in checkpoint logic for this instance only."""
     if patched_forward(module) is not None:
         raise RuntimeError("already patched by gcshim")
@@ -65,7 +80,7 @@ def patch(module: nn.Module, adapter: Adapter, options: CheckpointOptions) -> Ch
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
     call = CheckpointedCall(adapter, options, Signature.of(original))
-    wrapper = CheckpointedForward(original, call, previous)
+    wrapper = CheckpointedForward(original, call, previous, owner)
     module.__dict__["forward"] = wrapper
     return wrapper
 
@@ -75,7 +90,7 @@ def unpatch(module: nn.Module, wrapper: Optional[CheckpointedForward] = None) ->
     current = patched_forward(module)
     if current is None or (wrapper is not None and current is not wrapper):
         return False
-    previous = current._self_previous
+    previous = current._self_gcshim_previous
     if previous is _MISSING:
         del module.__dict__["forward"]
     else:

@@ -206,8 +206,11 @@ def select(model: nn.Module, layers: object) -> Selection:
             f"never checkpointed). Candidate block classes: {candidates}"
         )
     reasons = _reasons_by_path(model)
+    patched = [path for path, module in model.named_modules() if patched_forward(module)]
     for path, module in matches:
         reason = _covering_reason(path, reasons)
+        if reason is None and any(inner.startswith(path + ".") for inner in patched):
+            reason = "holds layers already checkpointed by gcshim"
         if reason is None:
             selection.chosen.append((path, module))
         else:

@@ -1,0 +1,146 @@
+"""Small models whose layers take tensors in every way real layers do."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WIDTH = 16
+
+
+class RopeLikeBlock(nn.Module):
+    """A layer taking a keyword tensor, a nested (cos, sin) tuple and a dict of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(WIDTH, WIDTH)
+        self.second = nn.Linear(WIDTH, WIDTH)
+        self.first_calls = 0
+        self.first.register_forward_hook(self._count)
+
+    def _count(self, *_: object) -> None:
+        self.first_calls += 1
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        scale: Optional[torch.Tensor] = None,
+        position_embeddings: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        extras: Optional[Dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        h = torch.tanh(self.first(hidden_states))
+        if scale is not None:
+            h = h * scale
+        if position_embeddings is not None:
+            cos, sin = position_embeddings
+            h = h * cos + torch.roll(h, 1, dims=-1) * sin
+        if extras is not None:
+            h = h + extras["bias"]
+        return hidden_states + self.second(F.gelu(h))
+
+
+class RopeLikeModel(nn.Module):
+    def __init__(self, layers: int = 3, vocab: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, WIDTH)
+        self.layers = nn.ModuleList(RopeLikeBlock() for _ in range(layers))
+        self.head = nn.Linear(WIDTH, 1)
+        self.scale = nn.Parameter(torch.ones(WIDTH))
+        self.rope = nn.Parameter(torch.randn(2, WIDTH) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(WIDTH))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        cos, sin = self.rope[0].cos(), self.rope[1].sin()
+        for layer in self.layers:
+            h = layer(h, scale=self.scale, position_embeddings=(cos, sin),
+                      extras={"bias": self.bias})
+        return self.head(h).pow(2).mean()
+
+
+class PastKeyValueBlock(nn.Module):
+    """4.44-Llama-like: (h, [attn], [cache]) with the cache appended when use_cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(WIDTH, WIDTH)
+        self.seen = []
+
+    def forward(self, hidden_states, attention_mask=None, past_key_value=None,
+                output_attentions=False, use_cache=False):
+        self.seen.append((past_key_value, use_cache))
+        if past_key_value is not None:
+            past_key_value.append(hidden_states.detach())  # a cache updated in place
+        out = (hidden_states + torch.relu(self.proj(hidden_states)),)
+        if output_attentions:
+            out += (torch.zeros(1),)
+        if use_cache:
+            out += (past_key_value,)
+        return out
+
+
+class LayerPastBlock(nn.Module):
+    """GPT2-4.44-like: (h, present, [attn]) with the present at index 1 when use_cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False,
+                output_attentions=False):
+        h = hidden_states + torch.relu(self.proj(hidden_states))
+        present = (h.detach(), h.detach()) if use_cache else None
+        out = (h, present) if use_cache else (h,)
+        if output_attentions:
+            out += (torch.zeros(1),)
+        return out
+
+
+class CacheCallerModel(nn.Module):
+    """A stack that asks its layers for caches and indexes the cache slot of their outputs."""
+
+    def __init__(self, block: type, layers: int = 2, positional: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(block() for _ in range(layers))
+        self.positional = positional
+        self.head = nn.Linear(WIDTH, 1)
+
+    def forward(self, h, output_attentions=False):
+        caches = []
+        for layer in self.layers:
+            cache = []
+            if isinstance(layer, LayerPastBlock):
+                if self.positional:
+                    out = layer(h, None, None, True, output_attentions)
+                else:
+                    out = layer(h, layer_past=None, use_cache=True,
+                                output_attentions=output_attentions)
+                caches.append(out[1])
+            else:
+                if self.positional:
+                    out = layer(h, None, cache, output_attentions, True)
+                else:
+                    out = layer(h, past_key_value=cache, output_attentions=output_attentions,
+                                use_cache=True)
+                caches.append(out[2 if output_attentions else 1])
+            h = out[0]
+        return self.head(h).sum(), caches
+
+
+def grads_of(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {
+        name: p.grad.detach().clone()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def assert_same_grads(reference: Dict[str, torch.Tensor], model: nn.Module,
+                      atol: float = 1e-5) -> None:
+    got = grads_of(model)
+    assert got.keys() == reference.keys(), (sorted(reference), sorted(got))
+    for name, grad in reference.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=atol, msg=name)

@@ -1,0 +1,111 @@
+"""Behaviour 3: caches are neutralised while checkpointing, once-warned, output arity kept."""
+
+import warnings
+
+import pytest
+import torch
+from models import WIDTH, CacheCallerModel, LayerPastBlock, PastKeyValueBlock
+
+import gcshim
+from gcshim import GcshimWarning
+
+
+def _run(model, **kwargs):
+    loss, caches = model(torch.randn(3, WIDTH), **kwargs)
+    loss.backward()
+    return caches
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
+@pytest.mark.parametrize("output_attentions", [False, True])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_past_key_value_layer(positional, output_attentions, reentrant):
+    model = CacheCallerModel(PastKeyValueBlock, positional=positional).train()
+    gcshim.apply(model, use_reentrant=reentrant)
+    with pytest.warns(GcshimWarning, match="caching is off while PastKeyValueBlock"):
+        caches = _run(model, output_attentions=output_attentions)
+    for layer, cache in zip(model.layers, caches):
+        # The caller indexed the cache slot and got back the (untouched) cache it passed in.
+        assert cache == []
+        # Every call the layer saw while checkpointing had its cache neutralised.
+        assert layer.seen and all(pkv is None and use is False for pkv, use in layer.seen)
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_layer_past_layer_keeps_slot_one(positional, reentrant):
+    model = CacheCallerModel(LayerPastBlock, positional=positional).train()
+    gcshim.apply(model, use_reentrant=reentrant)
+    with pytest.warns(GcshimWarning):
+        caches = _run(model, output_attentions=True)
+    assert caches == [None, None]
+
+
+def test_without_gcshim_the_caller_gets_real_caches():
+    model = CacheCallerModel(PastKeyValueBlock).train()
+    caches = _run(model)
+    assert all(len(cache) == 1 for cache in caches)
+
+
+def test_one_warning_per_layer_class_not_per_step():
+    model = CacheCallerModel(PastKeyValueBlock, layers=3).train()
+    other = CacheCallerModel(LayerPastBlock, layers=2).train()
+    gcshim.apply(model)
+    gcshim.apply(other)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            _run(model)
+            _run(other)
+    messages = [str(w.message) for w in caught if w.category is GcshimWarning]
+    assert len(messages) == 2
+    assert "PastKeyValueBlock" in messages[0] and "LayerPastBlock" in messages[1]
+
+
+def test_no_warning_when_no_cache_is_asked_for():
+    model = CacheCallerModel(PastKeyValueBlock).train()
+    gcshim.apply(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = torch.randn(3, WIDTH)
+        for layer in model.layers:
+            h = layer(h, use_cache=False)[0]
+        h.sum().backward()
+
+
+def test_caches_untouched_when_not_checkpointing():
+    model = CacheCallerModel(PastKeyValueBlock).train()
+    gcshim.apply(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():
+            _, caches = model(torch.randn(3, WIDTH))
+        model.eval()
+        _, eval_caches = model(torch.randn(3, WIDTH))
+    assert all(len(cache) == 1 for cache in caches + eval_caches)
+
+
+def test_default_use_cache_true_is_neutralised():
+    """A layer whose use_cache defaults to True (BartDecoderLayer in 4.44) gets False passed."""
+
+    class DefaultTrue(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(WIDTH, WIDTH)
+            self.flags = []
+
+        def forward(self, h, use_cache=True):
+            self.flags.append(use_cache)
+            out = (self.lin(h),)
+            return out + (("cache",),) if use_cache else out
+
+    model = torch.nn.Sequential(DefaultTrue(), DefaultTrue())
+    gcshim.apply(model)
+    h = torch.randn(2, WIDTH)
+    with pytest.warns(GcshimWarning):
+        for layer in model:
+            out = layer(h)
+            assert len(out) == 2 and out[1] is None
+            h = out[0]
+    h.sum().backward()
+    assert all(flag is False for layer in model for flag in layer.flags)

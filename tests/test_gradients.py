@@ -1,0 +1,160 @@
+"""Behaviours 1, 2 and 9: same gradients, real recomputation, every tensor a checkpoint input."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from models import RopeLikeModel, assert_same_grads, grads_of
+from torch import nn
+
+import gcshim
+
+MODES = [pytest.param(False, id="non-reentrant"), pytest.param(True, id="reentrant")]
+
+
+def _ids():
+    return torch.randint(32, (4, 6))
+
+
+def _reference(model, ids):
+    loss = model(ids)
+    loss.backward()
+    grads = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_grads_equal_and_every_layer_recomputes(reentrant):
+    model = RopeLikeModel().train()
+    ids = _ids()
+    loss_ref, grads_ref = _reference(model, ids)
+    for layer in model.layers:
+        layer.first_calls = 0
+    handle = gcshim.apply(model, use_reentrant=reentrant)
+    assert handle.layers == ["layers.0", "layers.1", "layers.2"]
+
+    loss = model(ids)
+    assert [layer.first_calls for layer in model.layers] == [1, 1, 1]
+    loss.backward()
+    # The first op of every checkpointed layer ran again during backward.
+    assert [layer.first_calls for layer in model.layers] == [2, 2, 2]
+    torch.testing.assert_close(loss.detach(), loss_ref, rtol=0, atol=1e-5)
+    # Includes the grads of tensors that reach the layers only by keyword, in a tuple, in a dict.
+    assert_same_grads(grads_ref, model)
+    for name in ("scale", "rope", "bias"):
+        assert model.get_parameter(name).grad.abs().sum() > 0
+
+
+def test_float64_gradients_are_exact():
+    model = RopeLikeModel().double().train()
+    ids = _ids()
+    _, grads_ref = _reference(model, ids)
+    gcshim.apply(model)
+    model(ids).backward()
+    for name, grad in grads_of(model).items():
+        assert torch.equal(grad, grads_ref[name]), name
+
+
+def test_torch_alone_rejects_keyword_tensors_under_reentrant():
+    """The trap the test above covers: torch's reentrant checkpoint with tensors by keyword."""
+    from torch.utils.checkpoint import checkpoint
+
+    block = RopeLikeModel().layers[0]
+    x = torch.randn(2, 16, requires_grad=True)
+    scale = torch.ones(16, requires_grad=True)
+    with pytest.raises(ValueError, match="Unexpected keyword"):
+        checkpoint(block, x, scale=scale, use_reentrant=True)
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_frozen_inputs_still_give_parameter_grads(reentrant):
+    """Frozen embeddings / LoRA: no input requires grad, the layers' parameters still learn."""
+    model = RopeLikeModel().train()
+    for name in ("embed.weight", "scale", "rope", "bias"):
+        model.get_parameter(name).requires_grad_(False)
+    ids = _ids()
+    _, grads_ref = _reference(model, ids)
+    assert "layers.0.first.weight" in grads_ref
+    gcshim.apply(model, use_reentrant=reentrant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "None of the inputs have requires_grad" must not appear
+        model(ids).backward()
+    assert_same_grads(grads_ref, model)
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_fully_frozen_layer_runs_without_checkpoint_or_warning(reentrant):
+    model = RopeLikeModel().train()
+    model.requires_grad_(False)
+    model.head.requires_grad_(True)
+    gcshim.apply(model, use_reentrant=reentrant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(_ids()).backward()
+    assert model.head.weight.grad is not None
+    assert [layer.first_calls for layer in model.layers] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_no_torch_warnings_leak(reentrant):
+    model = RopeLikeModel().train()
+    gcshim.apply(model, use_reentrant=reentrant)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(_ids()).backward()
+        with torch.no_grad():
+            model(_ids())
+    assert [str(w.message) for w in caught] == []
+
+
+def test_checkpoint_always_gets_explicit_use_reentrant(monkeypatch):
+    import torch.utils.checkpoint as tc
+
+    seen = []
+    real = tc.checkpoint
+
+    def spy(function, *args, **kwargs):
+        seen.append(kwargs)
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(tc, "checkpoint", spy)
+    model = RopeLikeModel().train()
+    gcshim.apply(model)
+    model(_ids()).backward()
+    assert len(seen) == 3
+    assert all(kw["use_reentrant"] is False and kw["preserve_rng_state"] is True for kw in seen)
+
+
+class DropoutBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x, *, gate):
+        return x + self.drop(self.lin(x)) * gate
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_dropout_masks_match_with_rng_preserved(reentrant):
+    model = nn.Sequential(DropoutBlock(), DropoutBlock())
+
+    def run(m):
+        torch.manual_seed(7)
+        x = torch.randn(8, 16)
+        gate = torch.full((16,), 2.0, requires_grad=True)
+        out = x
+        for block in m:
+            out = block(out, gate=gate)
+        out.pow(2).sum().backward()
+        return gate.grad
+
+    reference = copy.deepcopy(model)
+    gate_ref = run(reference)
+    gcshim.apply(model, use_reentrant=reentrant)
+    gate_grad = run(model)
+    torch.testing.assert_close(gate_grad, gate_ref)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
