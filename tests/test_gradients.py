@@ -158,3 +158,35 @@ def test_dropout_masks_match_with_rng_preserved(reentrant):
     torch.testing.assert_close(gate_grad, gate_ref)
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+class BiasPassingBlock(nn.Module):
+    """T5-like: takes a learned position bias positionally and hands it on in its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, hidden_states, position_bias):
+        return self.norm(self.lin(hidden_states) + position_bias), position_bias
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_an_input_returned_as_output_keeps_its_gradient(reentrant):
+    model = nn.ModuleList([BiasPassingBlock(), BiasPassingBlock()])
+    bias = torch.randn(16, requires_grad=True)
+    h0 = torch.randn(3, 16)
+
+    def run():
+        h, b = h0, bias * 1.0
+        for block in model:
+            h, b = block(h, b)
+        (h.pow(2).sum() + b.sum()).backward()
+
+    run()
+    reference = bias.grad.clone()
+    bias.grad = None
+    gcshim.apply(nn.Sequential(model), layers=BiasPassingBlock, use_reentrant=reentrant)
+    run()
+    torch.testing.assert_close(bias.grad, reference)

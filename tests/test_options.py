@@ -88,3 +88,25 @@ def test_options_are_recorded_and_reported():
     gcshim.apply(model, use_reentrant=True, preserve_rng_state=False)
     options = vars(model.layers[0])["forward"].gcshim_call.options
     assert options.use_reentrant is True and options.preserve_rng_state is False
+
+
+def _noop_contexts():
+    import contextlib
+
+    return contextlib.nullcontext(), contextlib.nullcontext()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("context_fn", _noop_contexts), ("determinism_check", "none"), ("debug", False),
+     ("early_stop", True), ("respect_saved_tensors_hooks", None)],
+)
+def test_each_option_works_or_is_refused_on_the_installed_torch(name, value):
+    model = RopeLikeModel().train()
+    if name not in gcshim.supported_options():
+        with pytest.raises(gcshim.UnsupportedOptionError, match=name):
+            gcshim.apply(model, **{name: value})
+        return
+    gcshim.apply(model, **{name: value})
+    model(torch.randint(32, (2, 3))).backward()
+    assert model.layers[0].first_calls == 2
