@@ -3,11 +3,14 @@
 Reentrant checkpointing only sees tensors passed positionally at the top level, and torch only
 stashes device RNG state for those. Flattening every tensor, wherever the caller put it
 (keyword, tuple, list, dict), into one positional tuple fixes both.
-Only plain containers are opened (tuple, list, dict, namedtuple); anything else is a leaf.
+Containers opened: tuple, list, dict, OrderedDict, namedtuple, and dataclass instances (such as
+transformers' ModelOutput), rebuilt through their constructor. Anything else is a leaf.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
@@ -33,8 +36,15 @@ def _map_leaves(node: Any, leaf: Callable[[Any], Any]) -> Any:
         return kind(_map_leaves(item, leaf) for item in node)
     if _is_namedtuple(node):
         return kind(*(_map_leaves(item, leaf) for item in node))
-    if kind is dict:
-        return {key: _map_leaves(value, leaf) for key, value in node.items()}
+    if kind is dict or kind is OrderedDict:
+        return kind((key, _map_leaves(value, leaf)) for key, value in node.items())
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        changes = {
+            f.name: _map_leaves(getattr(node, f.name), leaf)
+            for f in dataclasses.fields(node)
+            if f.init
+        }
+        return dataclasses.replace(node, **changes)
     return leaf(node)
 
 

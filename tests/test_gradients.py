@@ -1,6 +1,7 @@
 """Behaviours 1, 2 and 9: same gradients, real recomputation, every tensor a checkpoint input."""
 
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -190,3 +191,56 @@ def test_an_input_returned_as_output_keeps_its_gradient(reentrant):
     gcshim.apply(nn.Sequential(model), layers=BiasPassingBlock, use_reentrant=reentrant)
     run()
     torch.testing.assert_close(bias.grad, reference)
+
+
+@dataclasses.dataclass
+class LayerOutput:
+    hidden_states: torch.Tensor
+    aux: dict
+
+
+class StructuredOutputBlock(nn.Module):
+    """Returns its tensors inside a dataclass and a dict, as ModelOutput-returning modules do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return LayerOutput(hidden_states=x + h, aux={"energy": h.pow(2).mean()})
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_tensors_inside_dataclass_and_dict_outputs_keep_gradients(reentrant):
+    model = nn.Sequential(StructuredOutputBlock(), StructuredOutputBlock())
+
+    def run():
+        x = torch.randn(4, 16, generator=torch.Generator().manual_seed(3))
+        loss = 0
+        for block in model:
+            out = block(x)
+            x, loss = out.hidden_states, loss + out.aux["energy"]
+        (loss + x.sum()).backward()
+
+    run()
+    reference = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    gcshim.apply(model, use_reentrant=reentrant)
+    run()
+    assert_same_grads(reference, model)
+
+
+def test_transformers_model_output_round_trips():
+    transformers = pytest.importorskip("transformers")
+    from gcshim import tree
+
+    output = transformers.modeling_outputs.BaseModelOutput(
+        last_hidden_state=torch.ones(2), hidden_states=(torch.zeros(1),)
+    )
+    tensors, skeleton = tree.flatten(output)
+    rebuilt = tree.unflatten(skeleton, [t + 1 for t in tensors])
+    assert type(rebuilt) is type(output)
+    assert torch.equal(rebuilt.last_hidden_state, torch.full((2,), 2.0))
+    assert torch.equal(rebuilt[1][0], torch.ones(1))
+    assert "attentions" not in rebuilt
