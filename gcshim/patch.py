@@ -36,7 +36,7 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         super().__init__(wrapped, call)
         # What the instance's __dict__ held under "forward" before (usually nothing).
         self._self_gcshim_previous = previous
-        # The model passed to apply(); a deep copy's patches belong to no apply.
+        # The model passed to apply() (weakly held).
         self._self_gcshim_owner = weakref.ref(owner) if owner is not None else None
 
     @property
@@ -52,7 +52,11 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         previous = self._self_gcshim_previous
         if previous is not _MISSING:
             previous = copy.deepcopy(previous, memo)
-        return type(self)(copy.deepcopy(self.__wrapped__, memo), self._self_wrapper, previous)
+        # The owner maps to its copy when the same deepcopy copied it (the usual whole-model copy).
+        owner = self.owner
+        owner_copy = memo.get(id(owner)) if owner is not None else None
+        wrapped = copy.deepcopy(self.__wrapped__, memo)
+        return type(self)(wrapped, self._self_wrapper, previous, owner_copy)
 
     def __copy__(self) -> CheckpointedForward:
         return type(self)(self.__wrapped__, self._self_wrapper, self._self_gcshim_previous)

@@ -110,14 +110,14 @@ def test_no_torch_warnings_leak(reentrant):
     assert [str(w.message) for w in caught] == []
 
 
-def test_checkpoint_always_gets_explicit_use_reentrant(monkeypatch):
+def test_checkpoint_gets_every_tensor_positionally_and_explicit_use_reentrant(monkeypatch):
     import torch.utils.checkpoint as tc
 
     seen = []
     real = tc.checkpoint
 
     def spy(function, *args, **kwargs):
-        seen.append(kwargs)
+        seen.append((args, kwargs))
         return real(function, *args, **kwargs)
 
     monkeypatch.setattr(tc, "checkpoint", spy)
@@ -125,7 +125,10 @@ def test_checkpoint_always_gets_explicit_use_reentrant(monkeypatch):
     gcshim.apply(model)
     model(_ids()).backward()
     assert len(seen) == 3
-    assert all(kw["use_reentrant"] is False and kw["preserve_rng_state"] is True for kw in seen)
+    for args, kwargs in seen:
+        assert kwargs == {"use_reentrant": False, "preserve_rng_state": True}
+        # hidden_states, scale=, position_embeddings=(cos, sin), extras={"bias": ...}
+        assert len(args) == 5 and all(isinstance(a, torch.Tensor) for a in args)
 
 
 class DropoutBlock(nn.Module):

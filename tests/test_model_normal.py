@@ -45,11 +45,13 @@ def test_deepcopy_of_an_applied_model_is_applied_and_independent():
     for layer in clone.layers:
         # The copy's patch wraps the copy's own forward, not the original's.
         assert vars(layer)["forward"].__wrapped__.__self__ is layer
+        assert vars(layer)["forward"].owner is clone
         layer.first_calls = 0
     clone(ids).backward()
     assert [layer.first_calls for layer in clone.layers] == [2, 2, 2]
     assert_same_grads(grads_of(reference), clone)
     assert all(p.grad is None for p in model.parameters())
+    assert gcshim.apply(clone).layers == ["layers.0", "layers.1", "layers.2"]  # already applied
     gcshim.remove(clone)
     assert not gcshim.is_applied(clone) and gcshim.is_applied(model)
 
