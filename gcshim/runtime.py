@@ -22,10 +22,10 @@ def should_checkpoint(module: nn.Module) -> bool:
 
 
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
-    """(any input tensor requires grad, any parameter of the layer requires grad)."""
-    inputs_need = any(t.requires_grad for t in inputs)
-    params_need = inputs_need or any(p.requires_grad for p in module.parameters())
-    return inputs_need, params_need
+    """(an input tensor requires grad, an input or a parameter of the layer requires grad)."""
+    input_needs = any(t.requires_grad for t in inputs)
+    anything_needs = input_needs or any(p.requires_grad for p in module.parameters())
+    return input_needs, anything_needs
 
 
 class CheckpointedCall:
@@ -68,7 +68,7 @@ class CheckpointedCall:
         kwargs: Dict[str, Any],
     ) -> Any:
         tensors, skeleton = tree.flatten((args, kwargs))
-        inputs_need, anything_needs = _needs_grad(module, tensors)
+        input_needs, anything_needs = _needs_grad(module, tensors)
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
         reentrant = self.options.use_reentrant
@@ -85,7 +85,7 @@ class CheckpointedCall:
             output_skeleton[:] = [out_skeleton]
             return tuple(out_tensors)
 
-        if reentrant and not inputs_need:
+        if reentrant and not input_needs:
             # Frozen inputs (frozen embeddings, LoRA): without an input that requires grad the
             # reentrant output would not require grad and the layer's parameters would get
             # none. An unused leaf that requires grad connects it.
