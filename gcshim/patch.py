@@ -59,7 +59,9 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         return type(self)(wrapped, self._self_wrapper, previous, owner_copy)
 
     def __copy__(self) -> CheckpointedForward:
-        return type(self)(self.__wrapped__, self._self_wrapper, self._self_gcshim_previous)
+        return type(self)(
+            self.__wrapped__, self._self_wrapper, self._self_gcshim_previous, self.owner
+        )
 
     def __reduce_ex__(self, protocol: int) -> Any:
         # Pickle (torch.save) what the wrapper stands for, so the file loads where gcshim was

@@ -81,9 +81,12 @@ def _torch_checkpoint_wrapper_types() -> Tuple[type, ...]:
     return (ActivationWrapper,)
 
 
+_BY_GCSHIM = "already checkpointed by an earlier gcshim.apply"
+
+
 def _already_checkpointed(module: nn.Module, wrapper_types: Tuple[type, ...]) -> Optional[str]:
     if patched_forward(module) is not None:
-        return "already checkpointed by an earlier gcshim.apply"
+        return _BY_GCSHIM
     if wrapper_types and isinstance(module, wrapper_types):
         return "is a torch CheckpointWrapper"
     if getattr(module, "gradient_checkpointing", False) is True:
@@ -206,7 +209,7 @@ def select(model: nn.Module, layers: object) -> Selection:
             f"never checkpointed). Candidate block classes: {candidates}"
         )
     reasons = _reasons_by_path(model)
-    patched = [path for path, module in model.named_modules() if patched_forward(module)]
+    patched = [path for path, reason in reasons.items() if reason == _BY_GCSHIM]
     for path, module in matches:
         reason = _covering_reason(path, reasons)
         if reason is None and any(inner.startswith(path + ".") for inner in patched):
