@@ -23,3 +23,19 @@ def _fresh_process_state():
 def gcshim_log(caplog):
     caplog.set_level(logging.INFO, logger="gcshim")
     return caplog
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch):
+    """Every call gcshim makes to torch.utils.checkpoint.checkpoint, as (args, kwargs)."""
+    import torch.utils.checkpoint as torch_checkpoint
+
+    calls = []
+    real = torch_checkpoint.checkpoint
+
+    def spy(function, *args, **kwargs):
+        calls.append((args, kwargs))
+        return real(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch_checkpoint, "checkpoint", spy)
+    return calls

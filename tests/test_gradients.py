@@ -110,17 +110,8 @@ def test_no_torch_warnings_leak(reentrant):
     assert [str(w.message) for w in caught] == []
 
 
-def test_checkpoint_gets_every_tensor_positionally_and_explicit_use_reentrant(monkeypatch):
-    import torch.utils.checkpoint as tc
-
-    seen = []
-    real = tc.checkpoint
-
-    def spy(function, *args, **kwargs):
-        seen.append((args, kwargs))
-        return real(function, *args, **kwargs)
-
-    monkeypatch.setattr(tc, "checkpoint", spy)
+def test_checkpoint_gets_every_tensor_positionally_and_explicit_use_reentrant(checkpoint_calls):
+    seen = checkpoint_calls
     model = RopeLikeModel().train()
     gcshim.apply(model)
     model(_ids()).backward()
