@@ -9,6 +9,7 @@ from typing import Any, Iterator, List, Optional, Tuple, Union
 
 from torch import nn
 
+from . import hf_flags
 from . import patch as _patch
 from ._log import logger, notice_once
 from .adapters import find_adapter
@@ -30,12 +31,15 @@ class Handle:
         patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]],
         skipped: List[Tuple[str, nn.Module, str]],
         source: str,
+        switched_off: Optional[dict] = None,
     ) -> None:
         self._model_ref = weakref.ref(model)
         self._model_name = type(model).__name__
         self._patched = patched
         self._skipped = [(path, type(module).__name__, why) for path, module, why in skipped]
         self.source = source
+        # transformers flags gcshim turned off where transformers' own branch is broken
+        self._switched_off = switched_off or {}
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -57,6 +61,8 @@ class Handle:
             for _path, module, wrapper in reversed(self._patched):
                 _patch.unpatch(module, wrapper)
             self._patched = []
+            hf_flags.switch_back(self._switched_off)
+            self._switched_off = {}
             model = self.model
             if model is not None and _handles.get(model) is self:
                 del _handles[model]
@@ -149,7 +155,8 @@ def apply(
             raise
         for path, _module, why in selection.skipped:
             logger.info("gcshim: %s left alone: %s", path, why)
-        handle = Handle(model, patched, selection.skipped, selection.source)
+        switched_off = hf_flags.switch_off(selection.switch_off)
+        handle = Handle(model, patched, selection.skipped, selection.source, switched_off)
         _handles[model] = handle
         return handle
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional, Tuple
 import wrapt
 from torch import nn
 
+from . import hf_flags
 from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions
 from .runtime import CheckpointedCall
@@ -32,8 +33,11 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         call: CheckpointedCall,
         previous: Any = _MISSING,
         owner: Optional[nn.Module] = None,
+        flags: Optional[hf_flags.Saved] = None,
     ):
         super().__init__(wrapped, call)
+        # transformers' flags on the instance before gcshim marked it (None: not marked).
+        self._self_gcshim_flags = flags
         # What the instance's __dict__ held under "forward" before (usually nothing).
         self._self_gcshim_previous = previous
         # The model passed to apply() (weakly held).
@@ -56,11 +60,15 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         owner = self.owner
         owner_copy = memo.get(id(owner)) if owner is not None else None
         wrapped = copy.deepcopy(self.__wrapped__, memo)
-        return type(self)(wrapped, self._self_wrapper, previous, owner_copy)
+        flags = self._self_gcshim_flags
+        if flags is not None:
+            flags = [(name, hf_flags.copy_saved(value, memo)) for name, value in flags]
+        return type(self)(wrapped, self._self_wrapper, previous, owner_copy, flags)
 
     def __copy__(self) -> CheckpointedForward:
         return type(self)(
-            self.__wrapped__, self._self_wrapper, self._self_gcshim_previous, self.owner
+            self.__wrapped__, self._self_wrapper, self._self_gcshim_previous, self.owner,
+            self._self_gcshim_flags,
         )
 
     def __reduce_ex__(self, protocol: int) -> Any:
@@ -78,7 +86,7 @@ def patched_forward(module: nn.Module) -> Optional[CheckpointedForward]:
 def patch(
     module: nn.Module, adapter: Adapter, options: CheckpointOptions, owner: nn.Module
 ) -> CheckpointedForward:
-    """Wrap `module.forward` in checkpoint logic for this instance only."""
+    """Wrap `module.forward` in checkpoint logic (this instance only); flag it for transformers."""
     if patched_forward(module) is not None:
         raise RuntimeError("already patched by gcshim")
     previous = module.__dict__.get("forward", _MISSING)
@@ -86,7 +94,8 @@ def patch(
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
     call = CheckpointedCall(adapter, options, Signature.of(original))
-    wrapper = CheckpointedForward(original, call, previous, owner)
+    flags = hf_flags.mark(module, options) if hf_flags.should_mark(module, owner) else None
+    wrapper = CheckpointedForward(original, call, previous, owner, flags)
     module.__dict__["forward"] = wrapper
     return wrapper
 
@@ -96,6 +105,8 @@ def unpatch(module: nn.Module, wrapper: Optional[CheckpointedForward] = None) ->
     current = patched_forward(module)
     if current is None or (wrapper is not None and current is not wrapper):
         return False
+    if current._self_gcshim_flags is not None:
+        hf_flags.unmark(module, current._self_gcshim_flags)
     previous = current._self_gcshim_previous
     if previous is _MISSING:
         del module.__dict__["forward"]

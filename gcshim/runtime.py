@@ -11,14 +11,23 @@ from . import tree
 from ._log import warn_once
 from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions, checkpoint
+from .hf_flags import transformers_checkpoints
 
 
-def should_checkpoint(module: nn.Module) -> bool:
+def should_checkpoint(module: nn.Module, adapter: Adapter) -> bool:
     """Checkpoint only when a backward will follow and nobody else checkpoints this layer."""
     if not (module.training and torch.is_grad_enabled()):
         return False
-    # transformers' own checkpointing switched on after apply(): let it do the work, once.
-    return getattr(module, "gradient_checkpointing", False) is not True
+    # transformers' own checkpointing switched on after apply(): let it do the work, once,
+    # unless the adapter table knows it does nothing (or breaks) for this layer.
+    return not (adapter.transformers_checkpointing == "works" and transformers_checkpoints(module))
+
+
+def cache_policy(module: nn.Module, adapter: Adapter) -> str:
+    # transformers >= 5.15 marks layers that only read the cache (the replay reads the same).
+    if getattr(type(module), "_can_checkpoint_with_cache", False) is True:
+        return "keep"
+    return adapter.cache_policy
 
 
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
@@ -45,7 +54,19 @@ class CheckpointedCall:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Any:
-        if not should_checkpoint(instance):
+        if not should_checkpoint(instance, self.adapter):
+            return wrapped(*args, **kwargs)
+        policy = cache_policy(instance, self.adapter)
+        if policy == "keep":
+            return self._checkpoint(wrapped, instance, args, kwargs)
+        if policy == "run-as-is" and self.adapter.carries_cache(self.signature, args, kwargs):
+            layer = type(instance).__qualname__
+            warn_once(
+                f"cache-needed:{type(instance).__module__}.{layer}",
+                f"gcshim: {layer} fills a cache its model reads later, so calls that pass one "
+                "run without checkpointing. Shown once per layer class.",
+                stacklevel=4,
+            )
             return wrapped(*args, **kwargs)
         args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
         if edit is not None:

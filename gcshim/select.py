@@ -9,7 +9,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 from torch import nn
 
-from .adapters import has_specific_adapter
+from .adapters import find_adapter, has_specific_adapter
+from .hf_flags import transformers_checkpoints
 from .patch import patched_forward
 
 LayerMatcher = Callable[[str, nn.Module], bool]
@@ -23,6 +24,8 @@ class Selection:
     chosen: List[Tuple[str, nn.Module]] = field(default_factory=list)
     skipped: List[Tuple[str, nn.Module, str]] = field(default_factory=list)
     source: str = ""
+    # modules whose transformers flag must go off: its checkpoint branch is broken there
+    switch_off: List[nn.Module] = field(default_factory=list)
 
 
 def annotate(error: BaseException, context: str) -> None:
@@ -82,6 +85,7 @@ def _torch_checkpoint_wrapper_types() -> Tuple[type, ...]:
 
 
 _BY_GCSHIM = "already checkpointed by an earlier gcshim.apply"
+_BY_TRANSFORMERS = "transformers' own gradient checkpointing is on"
 
 
 def _already_checkpointed(module: nn.Module, wrapper_types: Tuple[type, ...]) -> Optional[str]:
@@ -89,8 +93,8 @@ def _already_checkpointed(module: nn.Module, wrapper_types: Tuple[type, ...]) ->
         return _BY_GCSHIM
     if wrapper_types and isinstance(module, wrapper_types):
         return "is a torch CheckpointWrapper"
-    if getattr(module, "gradient_checkpointing", False) is True:
-        return "transformers' own gradient checkpointing is on"
+    if transformers_checkpoints(module):
+        return _BY_TRANSFORMERS
     return None
 
 
@@ -105,11 +109,16 @@ def _reasons_by_path(model: nn.Module) -> Dict[str, str]:
     return reasons
 
 
-def _covering_reason(path: str, reasons: Dict[str, str]) -> Optional[str]:
-    """The reason of the nearest ancestor-or-self in `reasons` (the root is path "")."""
+def _ancestry(path: str) -> List[str]:
+    """`path` and the paths above it, nearest first (the root is path "")."""
     parts = path.split(".") if path else []
-    for depth in range(len(parts), -1, -1):
-        reason = reasons.get(".".join(parts[:depth]))
+    return [".".join(parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def _covering_reason(path: str, reasons: Dict[str, str]) -> Optional[str]:
+    """The reason of the nearest ancestor-or-self in `reasons`."""
+    for above in _ancestry(path):
+        reason = reasons.get(above)
         if reason is not None:
             return reason
     return None
@@ -188,6 +197,25 @@ def _outermost_matches(
     return matches
 
 
+def _take_over_from_transformers(
+    path: str,
+    module: nn.Module,
+    reasons: Dict[str, str],
+    modules: Dict[str, nn.Module],
+    selection: Selection,
+) -> Optional[str]:
+    """Checkpoint a layer transformers claims to checkpoint, if the table knows it does not."""
+    verdict = find_adapter(module).transformers_checkpointing
+    if verdict == "works":
+        return _BY_TRANSFORMERS
+    if verdict == "broken":  # its branch would still run: switch transformers' flag off there
+        for above in _ancestry(path):
+            flagged = modules[above]
+            if reasons.get(above) == _BY_TRANSFORMERS and flagged not in selection.switch_off:
+                selection.switch_off.append(flagged)
+    return None
+
+
 def select(model: nn.Module, layers: object) -> Selection:
     """Choose the layers to checkpoint; LookupError if the spec matches none."""
     compiled = compile_spec(layers)
@@ -210,8 +238,11 @@ def select(model: nn.Module, layers: object) -> Selection:
         )
     reasons = _reasons_by_path(model)
     patched = [path for path, reason in reasons.items() if reason == _BY_GCSHIM]
+    modules = dict(model.named_modules())
     for path, module in matches:
         reason = _covering_reason(path, reasons)
+        if reason == _BY_TRANSFORMERS:
+            reason = _take_over_from_transformers(path, module, reasons, modules, selection)
         if reason is None and any(inner.startswith(path + ".") for inner in patched):
             reason = "holds layers already checkpointed by gcshim"
         if reason is None:

@@ -19,6 +19,16 @@ from packaging.version import InvalidVersion, Version
 CACHE_ARGS: Tuple[str, ...] = ("past_key_value", "past_key_values", "layer_past", "cache")
 CACHE_FLAG = "use_cache"
 
+# What transformers' own checkpointing does for a row's layers (read by select and runtime):
+# "works"; "no-op" (the flag is set but nothing is checkpointed); "broken" (its checkpoint
+# branch raises or loses gradients); "unsupported" (supports_gradient_checkpointing = False).
+TRANSFORMERS_CHECKPOINTING = ("works", "no-op", "broken", "unsupported")
+
+# What happens to a cache passed to a checkpointed layer: "neutralise" (set to None, use_cache
+# False); "keep" (the layer only reads it, so the recompute sees the same states); "run-as-is"
+# (the model needs the cache the layer fills: a call that carries one is not checkpointed).
+CACHE_POLICIES = ("neutralise", "keep", "run-as-is")
+
 # The cache slot of a tuple output: an index, "append" (after everything else), "auto"
 # (index 1 for `layer_past`-style layers, else appended), or a function of the call's arguments.
 CacheSlot = Union[int, str, Callable[[Callable[[str], Any]], Union[int, str]]]
@@ -46,6 +56,17 @@ class Signature:
                 defaults[param.name] = param.default
         return cls(positions, defaults)
 
+    def locate(
+        self, name: str, args: Tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Tuple[Optional[Union[str, int]], Any]:
+        """Where argument `name` is in this call ("kw", a position, or None) and its value."""
+        if name in kwargs:
+            return "kw", kwargs[name]
+        index = self.positions.get(name)
+        if index is not None and index < len(args):
+            return index, args[index]
+        return None, self.defaults.get(name)
+
 
 @dataclass(frozen=True)
 class CacheEdit:
@@ -70,27 +91,41 @@ def installed_version(package: str) -> Optional[Version]:
         return None
 
 
+def _check_choice(row: str, field_name: str, value: object, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Adapter {row!r}: {field_name} must be one of {choices}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Adapter:
     """One row of the adapter table.
 
     classes: layer class names, matched along the class's MRO.
+    predicate: or instead, a function of the layer class that says whether the row covers it.
     module_prefix: the matched class must be defined under this module (e.g. "transformers.").
     package / versions: the row holds only while `package`'s installed version is in the
         `packaging` specifier `versions` (e.g. ">=4.44,<4.53").
     cache_args / cache_flag: cache argument names set to None, and the flag set to False.
     cache_slot: where a tuple output carries the cache (see CacheSlot).
+    cache_policy: see CACHE_POLICIES.
+    grad_args: the arguments that can carry gradients (every tensor argument becomes a
+        checkpoint input anyway; the tests check these names against the real signatures).
+    transformers_checkpointing: see TRANSFORMERS_CHECKPOINTING.
     auto: whether `layers="auto"` picks layers of this row.
     """
 
     name: str
     classes: Tuple[str, ...] = ()
+    predicate: Optional[Callable[[type], bool]] = None
     module_prefix: Optional[str] = None
     package: Optional[str] = None
     versions: str = ""
     cache_args: Tuple[str, ...] = CACHE_ARGS
     cache_flag: Optional[str] = CACHE_FLAG
     cache_slot: CacheSlot = "auto"
+    cache_policy: str = "neutralise"
+    grad_args: Tuple[str, ...] = ("hidden_states",)
+    transformers_checkpointing: str = "works"
     auto: bool = True
     notes: str = ""
     _specifier: SpecifierSet = field(init=False, repr=False, compare=False)
@@ -103,6 +138,12 @@ class Adapter:
             raise TypeError(f"Adapter.classes must be class-name strings, got {self.classes!r}")
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "cache_args", tuple(self.cache_args))
+        object.__setattr__(self, "grad_args", tuple(self.grad_args))
+        if self.predicate is not None and not callable(self.predicate):
+            raise TypeError(f"Adapter {self.name!r}: predicate must be callable")
+        _check_choice(self.name, "cache_policy", self.cache_policy, CACHE_POLICIES)
+        _check_choice(self.name, "transformers_checkpointing", self.transformers_checkpointing,
+                      TRANSFORMERS_CHECKPOINTING)
         try:
             object.__setattr__(self, "_specifier", SpecifierSet(self.versions))
         except InvalidSpecifier as error:
@@ -115,7 +156,7 @@ class Adapter:
 
     @property
     def is_generic(self) -> bool:
-        return not self.classes
+        return not self.classes and self.predicate is None
 
     def holds_for_installed_version(self) -> bool:
         if self.package is None:
@@ -127,6 +168,8 @@ class Adapter:
         """Whether this row covers layers of class `cls` (or of a subclass of a named class)."""
         if self.is_generic:
             return True
+        if self.predicate is not None:
+            return bool(self.predicate(cls)) and self.holds_for_installed_version()
         for klass in cls.__mro__:
             if klass.__name__ in self.classes and (
                 self.module_prefix is None or klass.__module__.startswith(self.module_prefix)
@@ -135,18 +178,18 @@ class Adapter:
         return False
 
     # -- the call -----------------------------------------------------------------------
+    def carries_cache(
+        self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> bool:
+        return any(signature.locate(name, args, kwargs)[1] is not None for name in self.cache_args)
+
     def neutralise_caches(
         self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
         """Return args/kwargs with caches off, and what was changed (None if nothing)."""
 
         def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
-            if name in kwargs:
-                return "kw", kwargs[name]
-            index = signature.positions.get(name)
-            if index is not None and index < len(args):
-                return index, args[index]
-            return None, signature.defaults.get(name)
+            return signature.locate(name, args, kwargs)
 
         def argument(name: str) -> Any:
             return locate(name)[1]

@@ -1,0 +1,109 @@
+"""transformers' view of checkpointing, kept consistent while gcshim checkpoints its layers.
+
+Trainer, PEFT and TRL read ``model.is_gradient_checkpointing`` (``is_activation_checkpointing``
+on 5.24), which is true when any submodule has ``gradient_checkpointing`` set. gcshim sets that
+flag on each layer it checkpoints, with a `PassThrough` as the layer's
+``_gradient_checkpointing_func``: transformers' own branch on the layer
+(``GradientCheckpointingLayer`` since 4.52) then just calls through to gcshim's wrapper, which
+checkpoints once. Stack modules (``LlamaModel``, ``T5Stack``, ...) are never flagged, because
+their checkpoint branch is broken on some releases (UMT5, Pix2Struct).
+
+transformers is never imported here: models are recognised by their attributes.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Dict, List, Tuple
+
+from torch import nn
+
+from .checkpoint import CheckpointOptions
+
+FLAG = "gradient_checkpointing"
+FUNC = "_gradient_checkpointing_func"
+_MISSING = object()
+
+
+class PassThrough:
+    """transformers' checkpoint function on a gcshim layer: gcshim checkpoints inside, so call."""
+
+    __slots__ = ("options",)
+
+    def __init__(self, options: CheckpointOptions) -> None:
+        self.options = options
+
+    def __call__(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        # A saved model loads where gcshim was never imported: transformers' own checkpointing,
+        # with the same options, stands in (the flag that is saved with it says it is on).
+        from torch.utils.checkpoint import checkpoint
+
+        return functools.partial(checkpoint, **self.options.as_kwargs()).__reduce__()
+
+
+def is_transformers_model(module: nn.Module) -> bool:
+    """A transformers PreTrainedModel (read from the class, so no deprecated property runs)."""
+    return any("is_gradient_checkpointing" in vars(klass) for klass in type(module).__mro__)
+
+
+def transformers_checkpoints(module: nn.Module) -> bool:
+    """Whether transformers' own checkpointing is switched on for this module (not by gcshim)."""
+    if getattr(module, FLAG, False) is not True:
+        return False
+    return not isinstance(getattr(module, FUNC, None), PassThrough)
+
+
+def should_mark(layer: nn.Module, owner: nn.Module) -> bool:
+    """Flag layers of transformers models, and layers whose class reads the flag itself."""
+    return is_transformers_model(owner) or hasattr(type(layer), FLAG)
+
+
+# (attribute, what the instance __dict__ held before: a value or _MISSING)
+Saved = List[Tuple[str, Any]]
+
+
+def copy_saved(value: Any, memo: dict) -> Any:
+    """Deep-copy a saved value, keeping the "absent" marker itself."""
+    return value if value is _MISSING else copy.deepcopy(value, memo)
+
+
+def mark(layer: nn.Module, options: CheckpointOptions) -> Saved:
+    """Flag `layer` as checkpointed (by gcshim); returns what `unmark` needs."""
+    saved = [(name, layer.__dict__.get(name, _MISSING)) for name in (FLAG, FUNC)]
+    layer.__dict__[FUNC] = PassThrough(options)
+    layer.__dict__[FLAG] = True
+    return saved
+
+
+def unmark(layer: nn.Module, saved: Saved) -> None:
+    """Undo `mark`, unless transformers has since taken the flags over (then leave them)."""
+    if not isinstance(layer.__dict__.get(FUNC), PassThrough):
+        return
+    for name, value in saved:
+        if value is _MISSING:
+            layer.__dict__.pop(name, None)
+        else:
+            layer.__dict__[name] = value
+
+
+def switch_off(modules: List[nn.Module]) -> Dict[nn.Module, Any]:
+    """Turn transformers' own flag off on `modules` (where it is broken); returns the undo."""
+    saved = {}
+    for module in modules:
+        saved[module] = module.__dict__.get(FLAG, _MISSING)
+        module.__dict__[FLAG] = False
+    return saved
+
+
+def switch_back(saved: Dict[nn.Module, Any]) -> None:
+    for module, value in saved.items():
+        if module.__dict__.get(FLAG) is not False:
+            continue  # changed since: leave transformers' later choice alone
+        if value is _MISSING:
+            module.__dict__.pop(FLAG, None)
+        else:
+            module.__dict__[FLAG] = value
