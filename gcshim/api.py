@@ -15,7 +15,7 @@ from ._log import logger, notice_once
 from .adapters import find_adapter
 from .checkpoint import make_options
 from .report import LayerReport, Report
-from .select import LayerSpec, annotate, select
+from .select import LayerSpec, ancestor_classes, annotate, select
 
 # root model -> the Handle of the apply that patched it (weak: never keeps a model alive)
 _handles: weakref.WeakKeyDictionary[nn.Module, Handle] = weakref.WeakKeyDictionary()
@@ -145,7 +145,8 @@ def apply(
         current = ""
         try:
             for current, module in selection.chosen:
-                wrapper = _patch.patch(module, find_adapter(module), options, model)
+                adapter = find_adapter(module, ancestor_classes(model, current))
+                wrapper = _patch.patch(module, adapter, options, model)
                 patched.append((current, module, wrapper))
         except BaseException as error:
             for _path, module, wrapper in reversed(patched):

@@ -115,6 +115,14 @@ def _ancestry(path: str) -> List[str]:
     return [".".join(parts[:depth]) for depth in range(len(parts), -1, -1)]
 
 
+def ancestor_classes(model: nn.Module, path: str) -> Tuple[str, ...]:
+    """Class names of the modules above `path` in `model`, nearest first."""
+    names = []
+    for above in _ancestry(path)[1:]:
+        names.append(type(model.get_submodule(above)).__name__ if above else type(model).__name__)
+    return tuple(names)
+
+
 def _covering_reason(path: str, reasons: Dict[str, str]) -> Optional[str]:
     """The reason of the nearest ancestor-or-self in `reasons`."""
     for above in _ancestry(path):

@@ -102,6 +102,7 @@ class Adapter:
 
     classes: layer class names, matched along the class's MRO.
     predicate: or instead, a function of the layer class that says whether the row covers it.
+    within: the row holds only for layers inside a module of one of these class names.
     module_prefix: the matched class must be defined under this module (e.g. "transformers.").
     package / versions: the row holds only while `package`'s installed version is in the
         `packaging` specifier `versions` (e.g. ">=4.44,<4.53").
@@ -117,6 +118,7 @@ class Adapter:
     name: str
     classes: Tuple[str, ...] = ()
     predicate: Optional[Callable[[type], bool]] = None
+    within: Tuple[str, ...] = ()
     module_prefix: Optional[str] = None
     package: Optional[str] = None
     versions: str = ""
@@ -139,6 +141,7 @@ class Adapter:
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "cache_args", tuple(self.cache_args))
         object.__setattr__(self, "grad_args", tuple(self.grad_args))
+        object.__setattr__(self, "within", tuple(self.within))
         if self.predicate is not None and not callable(self.predicate):
             raise TypeError(f"Adapter {self.name!r}: predicate must be callable")
         _check_choice(self.name, "cache_policy", self.cache_policy, CACHE_POLICIES)
@@ -164,10 +167,15 @@ class Adapter:
         version = installed_version(self.package)
         return version is not None and self._specifier.contains(version, prereleases=True)
 
-    def matches(self, cls: type) -> bool:
-        """Whether this row covers layers of class `cls` (or of a subclass of a named class)."""
+    def matches(self, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
+        """Whether this row covers layers of class `cls` (or of a subclass of a named class).
+
+        ancestors: class names of the modules the layer sits in (for `within` rows).
+        """
         if self.is_generic:
             return True
+        if self.within and not set(self.within).intersection(ancestors):
+            return False
         if self.predicate is not None:
             return bool(self.predicate(cls)) and self.holds_for_installed_version()
         for klass in cls.__mro__:

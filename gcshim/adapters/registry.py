@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import threading
-from typing import List
+from typing import List, Tuple
 
 from torch import nn
 
-from . import torch_nn, transformers
+from . import (
+    hf_decoders,
+    hf_encoders,
+    hf_multimodal,
+    hf_seq2seq,
+    hf_vision,
+    timm,
+    torch_nn,
+    torchvision,
+)
 from .base import GENERIC, Adapter
 
-_BUILTIN: List[Adapter] = [*transformers.ROWS, *torch_nn.ROWS]
+# One module per family; within a family, the narrower (version-gated) rows come first.
+_BUILTIN: List[Adapter] = [
+    *hf_multimodal.ROWS,
+    *hf_decoders.ROWS,
+    *hf_encoders.ROWS,
+    *hf_seq2seq.ROWS,
+    *hf_vision.ROWS,
+    *torch_nn.ROWS,
+    *timm.ROWS,
+    *torchvision.ROWS,
+]
 _user_rows: List[Adapter] = []
 _lock = threading.Lock()
 
@@ -39,16 +58,22 @@ def adapter_rows() -> List[Adapter]:
         return [*_user_rows, *_BUILTIN]
 
 
-def find_adapter(module: nn.Module) -> Adapter:
-    """The first row that covers `module`'s class on the installed versions, else generic."""
+def find_adapter(module: nn.Module, ancestors: Tuple[str, ...] = ()) -> Adapter:
+    """The first row that covers `module`'s class on the installed versions, else generic.
+
+    ancestors: class names of the modules `module` sits in (rows may hold only inside some).
+    """
     cls = type(module)
     for row in adapter_rows():
-        if row.matches(cls):
+        if row.matches(cls, ancestors):
             return row
     return GENERIC
 
 
 def has_specific_adapter(module: nn.Module) -> bool:
-    """Whether a table row with `auto=True` names this module's class."""
-    row = find_adapter(module)
-    return not row.is_generic and row.auto
+    """Whether the first table row that names this module's class has `auto=True`."""
+    cls = type(module)
+    for row in adapter_rows():
+        if not row.within and row.matches(cls):
+            return row.auto
+    return False

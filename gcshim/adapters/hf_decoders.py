@@ -1,0 +1,111 @@
+"""Rows for transformers' decoder-only language models.
+
+Signatures by release (../shared notes, checked in the sweep): before 4.55 Llama-style layers
+return a tuple (h, [attn], [Cache]); from 4.55 a Tensor. ``layer_past`` families return their
+cache at index 1 while ``use_cache`` is on. transformers is never imported: rows hold names.
+"""
+
+from .base import Adapter
+
+HF = "transformers."
+
+# Layers that take `past_key_value(s)`/`cache` and append the cache to a tuple output (<4.55).
+LLAMA_STYLE = (
+    "LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer",
+    "GemmaDecoderLayer", "Gemma2DecoderLayer", "Gemma3DecoderLayer", "Phi3DecoderLayer",
+    "PhiDecoderLayer", "OPTDecoderLayer", "CohereDecoderLayer", "StableLmDecoderLayer",
+    "Starcoder2DecoderLayer", "OlmoDecoderLayer", "Olmo2DecoderLayer", "GraniteDecoderLayer",
+    "PersimmonDecoderLayer", "NemotronDecoderLayer", "GlmDecoderLayer", "HeliumDecoderLayer",
+)
+# Mixture-of-experts layers of the 4.4x era: (h, [attn], [Cache], [router_logits]).
+ROUTER_STYLE = ("MixtralDecoderLayer", "Qwen2MoeDecoderLayer", "Qwen3MoeDecoderLayer",
+                "GraniteMoeDecoderLayer", "OlmoeDecoderLayer", "PhimoeDecoderLayer")
+# `layer_past` blocks: (h, [present], [attn], ...).
+LAYER_PAST_STYLE = ("GPT2Block", "GPTJBlock", "GPTNeoXLayer", "GPTNeoBlock", "FalconDecoderLayer",
+                    "BloomBlock", "CodeGenBlock", "GPTBigCodeBlock", "DecisionTransformerGPT2Block")
+
+
+def _router_cache_slot(argument):
+    # The cache sits after the attention weights, before the router logits.
+    return 1 + bool(argument("output_attentions"))
+
+
+ROWS = [
+    Adapter(
+        name="transformers Llama-style decoder layer",
+        classes=LLAMA_STYLE,
+        module_prefix=HF,
+        package="transformers",
+        grad_args=("hidden_states",),
+        notes="tuple outputs before 4.55 append the Cache; a Tensor from 4.55",
+    ),
+    Adapter(
+        name="transformers MoE decoder layer <4.55",
+        classes=ROUTER_STYLE,
+        module_prefix=HF,
+        package="transformers",
+        versions="<4.55",
+        cache_slot=_router_cache_slot,
+        grad_args=("hidden_states",),
+        notes="router logits are the last slot; the cache goes before them",
+    ),
+    Adapter(
+        name="transformers MoE decoder layer",
+        classes=ROUTER_STYLE,
+        module_prefix=HF,
+        package="transformers",
+        versions=">=4.55",
+        grad_args=("hidden_states",),
+        notes="Tensor output; router logits are collected by hooks on the router",
+    ),
+    Adapter(
+        name="transformers GPTBigCodeBlock 4.55-4.57",
+        classes=("GPTBigCodeBlock",),
+        module_prefix=HF,
+        package="transformers",
+        versions=">=4.55,<4.58",
+        transformers_checkpointing="no-op",
+        notes="the block is a plain nn.Module there: transformers' flag checkpoints nothing",
+    ),
+    Adapter(
+        name="transformers layer_past block",
+        classes=LAYER_PAST_STYLE,
+        module_prefix=HF,
+        package="transformers",
+        grad_args=("hidden_states",),
+        notes="tuple outputs carry the cache at index 1 while use_cache is on",
+    ),
+    Adapter(
+        name="transformers CTRL EncoderLayer",
+        classes=("EncoderLayer",),
+        module_prefix="transformers.models.ctrl.",
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("x",),
+        notes="(h, present, [attn]): the cache at index 1",
+    ),
+    Adapter(
+        name="transformers OpenAI-GPT Block",
+        classes=("Block",),
+        module_prefix="transformers.models.openai.",
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("x",),
+    ),
+    Adapter(
+        name="transformers JetMoe / Bark blocks",
+        classes=("JetMoeDecoderLayer", "BarkBlock"),
+        module_prefix=HF,
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("hidden_states",),
+    ),
+    Adapter(
+        name="transformers RecurrentGemma layer",
+        classes=("RecurrentGemmaDecoderLayer",),
+        module_prefix=HF,
+        package="transformers",
+        grad_args=("activations",),
+        notes="recurrent state lives on the layer; its recompute restarts from the saved input",
+    ),
+]

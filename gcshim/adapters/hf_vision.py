@@ -1,0 +1,57 @@
+"""Rows for transformers' vision encoders, incl. those its own checkpointing misses."""
+
+from .base import Adapter
+
+HF = "transformers."
+
+ROWS = [
+    Adapter(
+        name="transformers vision blocks transformers does not checkpoint",
+        classes=("MllamaVisionEncoderLayer", "JanusVQVAEResnetBlock", "ClvpEncoderLayer",
+                 "ClvpDecoderLayer", "GroupViTEncoderLayer"),
+        module_prefix=HF,
+        package="transformers",
+        transformers_checkpointing="no-op",
+        grad_args=("hidden_state", "hidden_states"),
+        notes="the model sets gradient_checkpointing on the stack but never checkpoints them",
+    ),
+    Adapter(
+        name="transformers SwiftFormer block <5",
+        classes=("SwiftFormerEncoderBlock", "SwiftFormerConvEncoder",
+                 "SwiftFormerLocalRepresentation"),
+        module_prefix=HF,
+        package="transformers",
+        versions="<5",
+        transformers_checkpointing="no-op",
+        grad_args=("x",),
+    ),
+    Adapter(
+        name="transformers MaskFormer-Swin stage",
+        classes=("MaskFormerSwinStage",),
+        module_prefix=HF,
+        package="transformers",
+        versions="<5",
+        transformers_checkpointing="broken",
+        grad_args=("hidden_states",),
+        notes="transformers' checkpoint call raises TypeError on these releases",
+    ),
+    Adapter(
+        name="transformers BridgeTower layers",
+        classes=("BridgeTowerBertCrossLayer", "BridgeTowerResidualAttention"),
+        module_prefix=HF,
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("hidden_states", "encoder_hidden_states"),
+    ),
+    Adapter(
+        name="transformers vision encoder layer",
+        classes=("ViTLayer", "CLIPEncoderLayer", "SiglipEncoderLayer", "Siglip2EncoderLayer",
+                 "SwinStage", "Swinv2Stage", "DonutSwinStage", "ConvNextStage", "ConvNextV2Stage",
+                 "PvtV2BlockLayer", "Qwen2VLVisionBlock", "Qwen2_5_VLVisionBlock",
+                 "DeiTLayer", "BeitLayer", "Dinov2Layer", "ViTMAELayer", "Data2VecVisionLayer"),
+        module_prefix=HF,
+        package="transformers",
+        grad_args=("hidden_states",),
+        notes="no cache; PVTv2 blocks may get inputs that need no grad (reentrant anchor)",
+    ),
+]

@@ -1,0 +1,95 @@
+"""transformers' own flags stay consistent with what gcshim does (Trainer, PEFT, TRL read them)."""
+
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import gcshim
+from gcshim import hf_flags
+
+transformers = pytest.importorskip("transformers")
+
+
+def _llama():
+    config = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, max_position_embeddings=64,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def _is_checkpointing(model):
+    with warnings.catch_warnings():  # 5.24 deprecates the old name with a FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        return model.is_gradient_checkpointing
+
+
+def _enable_transformers(model):
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        (enable or model.gradient_checkpointing_enable)()
+
+
+def _instance_state(model):
+    return {path: dict(vars(module)) for path, module in model.named_modules()}
+
+
+def test_apply_sets_and_remove_restores_is_gradient_checkpointing():
+    model = _llama()
+    before = _instance_state(model)
+    assert not _is_checkpointing(model)
+    gcshim.apply(model)
+    assert _is_checkpointing(model)
+    # the Trainer's DDP rule: find_unused_parameters = not model.is_gradient_checkpointing
+    assert (not _is_checkpointing(model)) is False
+    gcshim.remove(model)
+    assert not _is_checkpointing(model)
+    assert _instance_state(model).keys() == before.keys()
+    for path, state in _instance_state(model).items():
+        assert state.keys() == before[path].keys(), path
+
+
+def test_only_the_layers_are_flagged_never_the_stacks():
+    model = _llama()
+    gcshim.apply(model)
+    flagged = [path for path, module in model.named_modules()
+               if module.__dict__.get("gradient_checkpointing") is True]
+    assert flagged == [f"model.layers.{i}" for i in range(3)]
+
+
+def test_flagged_layers_checkpoint_once(checkpoint_calls):
+    model = _llama()
+    gcshim.apply(model)
+    ids = torch.randint(64, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(checkpoint_calls) == 3  # transformers' branch passed through, gcshim checkpointed
+
+
+def test_transformers_enabled_after_apply_takes_over_without_nesting(checkpoint_calls):
+    model = _llama()
+    gcshim.apply(model)
+    _enable_transformers(model)
+    ids = torch.randint(64, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()
+    # transformers checkpoints through its own partial (not the spy), gcshim steps aside
+    assert checkpoint_calls == []
+    assert _is_checkpointing(model)
+    gcshim.remove(model)  # leaves transformers' own choice in place
+    assert _is_checkpointing(model)
+
+
+def test_pass_through_pickles_as_torch_checkpoint():
+    options = gcshim.checkpoint.make_options(use_reentrant=True)
+    restored = pickle.loads(pickle.dumps(hf_flags.PassThrough(options)))
+    assert restored.func is torch.utils.checkpoint.checkpoint
+    assert restored.keywords["use_reentrant"] is True
+
+
+def test_plain_torch_models_get_no_transformers_flags():
+    model = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+                                  for _ in range(3)))
+    gcshim.apply(model)
+    assert not any("gradient_checkpointing" in vars(m) for m in model.modules())

@@ -1,0 +1,291 @@
+"""gcshim's architecture sweep over the installed transformers.
+
+For every model type transformers ships, build a tiny random model (tools/tiny_models.py) and
+run one training step: without checkpointing, with transformers' own checkpointing (where the
+model claims support) and with ``gcshim.apply(model)``, in four conditions: non-reentrant and
+reentrant, each with ``config.use_cache = False`` at the top level ("cache-off", what
+transformers' own test does) and with the config's default ("cache-default", what a legacy
+script does). Each run records status, gradient agreement with the un-checkpointed run, how
+many module calls the backward recomputed, and the peak bytes a live-tensor tracker counts.
+
+Each architecture runs in its own forked process with a timeout; results are JSON lines.
+
+    python tools/arch_sweep.py --out docs/sweep/transformers-5.24.0.jsonl [--only llama,gpt2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tiny_models  # noqa: E402
+
+import gcshim  # noqa: E402
+from gcshim.memory import peak_bytes  # noqa: E402
+
+CONDITIONS = [(reentrant, cache) for reentrant in (False, True) for cache in ("off", "default")]
+GCSHIM_DIR = str(Path(gcshim.__file__).resolve().parent)
+
+
+def condition_name(reentrant: bool, cache: str) -> str:
+    return f"{'reentrant' if reentrant else 'non-reentrant'}/cache-{cache}"
+
+
+class CallCounter:
+    """Counts module calls (forward pre-hooks of every module), recomputes included."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
+
+    def _hook(self, module: Any, args: Any) -> None:
+        self.calls += 1
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _inside_gcshim(error: BaseException) -> bool:
+    """Whether the innermost frame of the error's traceback is gcshim's own code."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(GCSHIM_DIR)
+
+
+def _step(model: Any, inputs: Dict[str, Any], counter: CallCounter,
+          measure: bool = True) -> Dict[str, Any]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    before = counter.calls
+    torch.manual_seed(0)
+    losses: List[torch.Tensor] = []
+
+    def work() -> None:
+        loss = tiny_models.loss_of(model(**inputs))
+        loss.backward()
+        losses.append(loss.detach())
+
+    peak = peak_bytes(work, torch.device("cpu")) if measure else (work() or 0)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"loss": float(losses[0]), "grads": grads, "calls": counter.calls - before,
+            "peak": peak}
+
+
+def compare(reference: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor],
+            trainable: List[str]) -> Optional[str]:
+    """None when the gradients agree with the reference, else what differs."""
+    for name in trainable:
+        want, got = reference.get(name), grads.get(name)
+        if (want is None) != (got is None):
+            nonzero = want is not None and bool(want.abs().sum() > 0)
+            if want is None or nonzero or got is not None and bool(got.abs().sum() > 0):
+                return f"{name}: grad {'missing' if got is None else 'unexpected'}"
+            continue
+        if want is None:
+            continue
+        scale = float(want.abs().max())
+        error = float((want.float() - got.float()).abs().max())
+        if error > 1e-5 + 1e-3 * scale:
+            return f"{name}: max error {error:.2e} (scale {scale:.2e})"
+    return None
+
+
+def _run(base: Any, inputs: Dict[str, Any], cache: str, setup: Callable[[Any], None],
+         counter: CallCounter, measure: bool = True) -> Dict[str, Any]:
+    model = copy.deepcopy(base)
+    if cache == "off":
+        model.config.use_cache = False
+    setup(model)
+    return _step(model, inputs, counter, measure)
+
+
+def _hf_enable(reentrant: bool) -> Callable[[Any], None]:
+    def setup(model: Any) -> None:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)({"use_reentrant": reentrant})
+
+    return setup
+
+
+def _gcshim_apply(reentrant: bool, seen: Dict[str, Any]) -> Callable[[Any], None]:
+    def setup(model: Any) -> None:
+        handle = gcshim.apply(model, use_reentrant=reentrant)
+        rows = [row for row in handle.report().rows if row.status == "checkpointed"]
+        seen["layers"] = len(rows)
+        seen["adapters"] = sorted({row.adapter for row in rows})
+        seen["source"] = handle.source
+
+    return setup
+
+
+def _verdict(run: Callable[[], Dict[str, Any]], reference: Dict[str, Any],
+             trainable: List[str]) -> Dict[str, Any]:
+    """Run a checkpointed step and judge it against the un-checkpointed reference."""
+    try:
+        result = run()
+    except Exception as error:  # the sweep records every failure, it never stops on one
+        return {"status": "error", "error": _short(error), "in_gcshim": _inside_gcshim(error)}
+    mismatch = compare(reference["grads"], result["grads"], trainable)
+    recomputed = result["calls"] - reference["calls"]
+    status = "pass"
+    if mismatch is not None:
+        status = "wrong-grads"
+    elif recomputed <= 0:
+        status = "no-recompute"
+    verdict = {"status": status, "mismatch": mismatch, "recomputed": recomputed}
+    if result["peak"]:
+        verdict.update(peak=result["peak"],
+                       peak_ratio=round(result["peak"] / reference["peak"], 3))
+    return verdict
+
+
+def _working_inputs(base: Any, variants: List[Dict[str, Any]], counter: CallCounter) -> Any:
+    """The first input variant an un-checkpointed step accepts, else the first error."""
+    errors = []
+    for inputs in variants:
+        try:
+            _run(base, inputs, "off", lambda model: None, counter, measure=False)
+            return inputs
+        except Exception as error:
+            errors.append(_short(error))
+    return " | ".join(errors)
+
+
+def run_architecture(model_type: str) -> Dict[str, Any]:
+    import transformers
+
+    record: Dict[str, Any] = {"arch": model_type, "transformers": transformers.__version__,
+                              "torch": torch.__version__.split("+")[0]}
+    try:
+        base, variants = tiny_models.build(model_type)
+    except tiny_models.NoModelClass as error:
+        record.update(status="sub-model", error=_short(error))
+        return record
+    except Exception as error:
+        record.update(status="no-build", error=_short(error))
+        return record
+    record["class"] = type(base).__name__
+    record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+    counter = CallCounter()
+    record["conditions"] = {}
+    inputs = _working_inputs(base, variants, counter)
+    if isinstance(inputs, str):
+        record.update(status="no-baseline", error=inputs)
+        return record
+    for cache in ("off", "default"):
+        try:
+            reference = _run(base, inputs, cache, lambda model: None, counter)
+        except Exception as error:
+            record.update(status="no-baseline", error=_short(error))
+            return record
+        if not torch.isfinite(torch.tensor(reference["loss"])):
+            record.update(status="no-baseline", error="loss is not finite")
+            return record
+        for reentrant in (False, True):
+            entry: Dict[str, Any] = {"peak_none": reference["peak"]}
+            seen: Dict[str, Any] = {}
+            setups = {"gcshim": _gcshim_apply(reentrant, seen)}
+            if record["hf_supports"]:
+                setups["transformers"] = _hf_enable(reentrant)
+            else:
+                entry["transformers"] = {"status": "unsupported"}
+            for who, setup in setups.items():
+                # peak memory only for gcshim: the live-tensor tracker doubles a run's time
+                run = functools.partial(_run, base, inputs, cache, setup, counter,
+                                        who == "gcshim")
+                entry[who] = _verdict(run, reference, trainable)
+            entry["gcshim"].update(seen)
+            record["conditions"][condition_name(reentrant, cache)] = entry
+    record["status"] = "ran"
+    return record
+
+
+# -- the forked runner -----------------------------------------------------------------------
+def _child(model_type: str, path: str) -> None:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    try:
+        record = run_architecture(model_type)
+    except BaseException as error:  # noqa: B036 - anything at all goes into the record
+        record = {"arch": model_type, "status": "sweep-error", "error": _short(error)}
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+
+
+def sweep(model_types: List[str], out: Path, timeout: float, jobs: int) -> None:
+    pending = list(model_types)
+    running: Dict[int, tuple] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as sink:
+        while pending or running:
+            while pending and len(running) < jobs:
+                model_type = pending.pop(0)
+                fd, path = tempfile.mkstemp(suffix=".json")
+                os.close(fd)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        _child(model_type, path)
+                    finally:
+                        os._exit(0)
+                running[pid] = (model_type, path, time.monotonic())
+            time.sleep(0.05)
+            for pid, (model_type, path, started) in list(running.items()):
+                done, _status = os.waitpid(pid, os.WNOHANG)
+                elapsed = time.monotonic() - started
+                if not done and elapsed < timeout:
+                    continue
+                if not done:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                try:
+                    with open(path) as handle:
+                        record = json.load(handle)
+                except (OSError, ValueError):
+                    record = {"arch": model_type, "status": "timeout" if not done else "crashed"}
+                os.unlink(path)
+                record["seconds"] = round(elapsed, 1)
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                del running[pid]
+                print(f"{model_type:32s} {record.get('status'):12s} {elapsed:6.1f}s", flush=True)
+
+
+def all_model_types() -> List[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return sorted(CONFIG_MAPPING_NAMES)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--only", help="comma-separated model types")
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    model_types = args.only.split(",") if args.only else all_model_types()
+    sweep(model_types, args.out, args.timeout, args.jobs)
+
+
+if __name__ == "__main__":
+    main()
