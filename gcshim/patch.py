@@ -94,7 +94,9 @@ def patch(
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
     call = CheckpointedCall(adapter, options, Signature.of(original))
-    flags = hf_flags.mark(module, options) if hf_flags.should_mark(module, owner) else None
+    # transformers' own layer branch would null a cache the row says must stay: no flag there
+    marked = adapter.cache_policy == "neutralise" and hf_flags.should_mark(module, owner)
+    flags = hf_flags.mark(module, options) if marked else None
     wrapper = CheckpointedForward(original, call, previous, owner, flags)
     module.__dict__["forward"] = wrapper
     return wrapper

@@ -10,6 +10,7 @@ from torch import nn
 from . import tree
 from ._log import warn_once
 from .adapters import Adapter, Signature
+from .adapters.base import returns_cache
 from .checkpoint import CheckpointOptions, checkpoint
 from .hf_flags import transformers_checkpoints
 
@@ -79,6 +80,8 @@ class CheckpointedCall:
                 stacklevel=4,
             )
         output = self._checkpoint(wrapped, instance, args, kwargs)
+        if not returns_cache(type(instance)):
+            return output
         return self.adapter.restore_output(output, edit)
 
     def _checkpoint(

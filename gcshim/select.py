@@ -158,14 +158,30 @@ def _no_split_class_names(model: nn.Module) -> List[str]:
     return names
 
 
+DECLARED = "adapter table + transformers _no_split_modules"
+
+
+def _declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
+    """Which of the two declared sources the matches came from."""
+    by_table = [has_specific_adapter(module) for _path, module in matches]
+    if all(by_table):
+        return "adapter table"
+    return DECLARED if any(by_table) else "transformers _no_split_modules"
+
+
 def _auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
-    yield "adapter table", lambda _name, module: has_specific_adapter(module)
+    """What the model declares (adapter table and _no_split_modules, together: a VLM's text
+    layers may have no row while its vision layers do), then repeated blocks."""
     no_split = _no_split_class_names(model)
-    if no_split:
-        yield (
-            "transformers _no_split_modules",
-            lambda _name, module: type(module).__name__ in no_split,
-        )
+
+    def declared(_name: str, module: nn.Module) -> bool:
+        if has_specific_adapter(module):
+            return True
+        # a _no_split_modules class around table layers would hide the (finer) table rows
+        return type(module).__name__ in no_split and not any(
+            has_specific_adapter(inner) for inner in module.modules())
+
+    yield DECLARED, declared
     repeated = tuple(_repeated_block_classes(model))
     if repeated:
         yield "repeated blocks", lambda _name, module: type(module) in repeated
@@ -235,6 +251,8 @@ def select(model: nn.Module, layers: object) -> Selection:
         for source, matcher in _auto_strategies(model):
             auto_matches = _outermost_matches(model, [*explicit, matcher])
             if len(auto_matches) > len(matches):
+                if source == DECLARED:
+                    source = _declared_source(auto_matches[len(matches):])
                 matches, sources = auto_matches, [*sources, "auto: " + source]
                 break
     if not matches:

@@ -16,6 +16,7 @@ Each architecture runs in its own forked process with a timeout; results are JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import json
@@ -27,7 +28,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -37,6 +38,8 @@ import tiny_models  # noqa: E402
 import gcshim  # noqa: E402
 from gcshim.memory import peak_bytes  # noqa: E402
 
+LAYER_LADDER = (2, 4, 6)
+RUN_SECONDS = 40  # one step; transformers' own reentrant WavLM recursion would never end
 CONDITIONS = [(reentrant, cache) for reentrant in (False, True) for cache in ("off", "default")]
 GCSHIM_DIR = str(Path(gcshim.__file__).resolve().parent)
 
@@ -133,11 +136,39 @@ def _gcshim_apply(reentrant: bool, seen: Dict[str, Any]) -> Callable[[Any], None
     return setup
 
 
+class StepTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"one step ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _keeps_cache(seen: Dict[str, Any]) -> bool:
+    """Whether a row that leaves cache-carrying calls un-checkpointed applied."""
+    names = set(seen.get("adapters", ()))
+    return any(row.name in names and row.cache_policy == "run-as-is"
+               for row in gcshim.adapters.adapter_rows())
+
+
 def _verdict(run: Callable[[], Dict[str, Any]], reference: Dict[str, Any],
              trainable: List[str]) -> Dict[str, Any]:
     """Run a checkpointed step and judge it against the un-checkpointed reference."""
     try:
-        result = run()
+        with _time_limit(RUN_SECONDS):
+            result = run()
+    except (RecursionError, StepTimeout) as error:
+        return {"status": "error", "error": _short(error), "in_gcshim": False}
     except Exception as error:  # the sweep records every failure, it never stops on one
         return {"status": "error", "error": _short(error), "in_gcshim": _inside_gcshim(error)}
     mismatch = compare(reference["grads"], result["grads"], trainable)
@@ -166,53 +197,67 @@ def _working_inputs(base: Any, variants: List[Dict[str, Any]], counter: CallCoun
     return " | ".join(errors)
 
 
-def run_architecture(model_type: str) -> Dict[str, Any]:
+def run_architecture(model_type: str,
+                     save: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """One architecture's runs; `save` gets the record as it grows (for the forked runner)."""
     import transformers
 
     record: Dict[str, Any] = {"arch": model_type, "transformers": transformers.__version__,
                               "torch": torch.__version__.split("+")[0]}
-    try:
-        base, variants = tiny_models.build(model_type)
-    except tiny_models.NoModelClass as error:
-        record.update(status="sub-model", error=_short(error))
+    counter = CallCounter()
+    for layers in LAYER_LADDER:  # hybrids (Zamba, Bamba, ...) have their attention later on
+        try:
+            base, variants = tiny_models.build(model_type, layers=layers)
+        except tiny_models.NoModelClass as error:
+            record.update(status="sub-model", error=_short(error))
+            return record
+        except Exception as error:
+            record.update(status="no-build", error=_short(error))
+            continue
+        inputs = _working_inputs(base, variants, counter)
+        if not isinstance(inputs, str):
+            break
+        record.update(status="no-baseline", error=inputs)
+    else:
         return record
-    except Exception as error:
-        record.update(status="no-build", error=_short(error))
-        return record
+    record.pop("error", None)
+    record["layers_built"] = layers
     record["class"] = type(base).__name__
     record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
-    counter = CallCounter()
     record["conditions"] = {}
-    inputs = _working_inputs(base, variants, counter)
-    if isinstance(inputs, str):
-        record.update(status="no-baseline", error=inputs)
-        return record
+    references = {}
     for cache in ("off", "default"):
         try:
-            reference = _run(base, inputs, cache, lambda model: None, counter)
+            references[cache] = _run(base, inputs, cache, lambda model: None, counter)
         except Exception as error:
             record.update(status="no-baseline", error=_short(error))
             return record
-        if not torch.isfinite(torch.tensor(reference["loss"])):
+        if not torch.isfinite(torch.tensor(references[cache]["loss"])):
             record.update(status="no-baseline", error="loss is not finite")
             return record
-        for reentrant in (False, True):
-            entry: Dict[str, Any] = {"peak_none": reference["peak"]}
-            seen: Dict[str, Any] = {}
-            setups = {"gcshim": _gcshim_apply(reentrant, seen)}
-            if record["hf_supports"]:
-                setups["transformers"] = _hf_enable(reentrant)
-            else:
-                entry["transformers"] = {"status": "unsupported"}
-            for who, setup in setups.items():
-                # peak memory only for gcshim: the live-tensor tracker doubles a run's time
-                run = functools.partial(_run, base, inputs, cache, setup, counter,
-                                        who == "gcshim")
-                entry[who] = _verdict(run, reference, trainable)
-            entry["gcshim"].update(seen)
-            record["conditions"][condition_name(reentrant, cache)] = entry
     record["status"] = "ran"
+    # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
+    # reentrant WavLM) ends the process, and the parent keeps what was saved before it
+    for who in ("gcshim", "transformers"):
+        for reentrant, cache in CONDITIONS:
+            reference = references[cache]
+            entry = record["conditions"].setdefault(condition_name(reentrant, cache),
+                                                    {"peak_none": reference["peak"]})
+            if who == "transformers" and not record["hf_supports"]:
+                entry[who] = {"status": "unsupported"}
+                continue
+            entry[who] = {"status": "timeout"}  # until the run returns
+            if save is not None:
+                save(record)
+            seen: Dict[str, Any] = {}
+            setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
+            # peak memory only for gcshim: the live-tensor tracker doubles a run's time
+            run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
+            entry[who] = _verdict(run, reference, trainable)
+            entry[who].update(seen)
+            if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
+                entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
     return record
 
 
@@ -223,12 +268,16 @@ def _child(model_type: str, path: str) -> None:
     import logging
 
     logging.disable(logging.WARNING)
+    def save(record: Dict[str, Any]) -> None:
+        with open(path + ".tmp", "w") as handle:
+            json.dump(record, handle)
+        os.replace(path + ".tmp", path)
+
     try:
-        record = run_architecture(model_type)
+        record = run_architecture(model_type, save)
     except BaseException as error:  # noqa: B036 - anything at all goes into the record
         record = {"arch": model_type, "status": "sweep-error", "error": _short(error)}
-    with open(path, "w") as handle:
-        json.dump(record, handle)
+    save(record)
 
 
 def sweep(model_types: List[str], out: Path, timeout: float, jobs: int) -> None:
@@ -259,10 +308,17 @@ def sweep(model_types: List[str], out: Path, timeout: float, jobs: int) -> None:
                     os.waitpid(pid, 0)
                 try:
                     with open(path) as handle:
-                        record = json.load(handle)
+                        record = json.load(handle)  # partial when the process was killed
                 except (OSError, ValueError):
                     record = {"arch": model_type, "status": "timeout" if not done else "crashed"}
-                os.unlink(path)
+                if not done and record.get("status") != "ran":
+                    record["status"] = "timeout"
+                for entry in record.get("conditions", {}).values():  # runs never reached
+                    entry.setdefault("gcshim", {"status": "timeout"})
+                    entry.setdefault("transformers", {"status": "timeout"})
+                for leftover in (path, path + ".tmp"):
+                    if os.path.exists(leftover):
+                        os.unlink(leftover)
                 record["seconds"] = round(elapsed, 1)
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()

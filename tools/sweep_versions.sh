@@ -11,5 +11,5 @@ for version in "$@"; do
   target="$root/$version"
   [ -d "$target/transformers" ] || "$python" -m pip install -q --target "$target" "transformers==$version"
   PYTHONPATH="$target" "$python" "$here/tools/arch_sweep.py" \
-    --out "$here/docs/sweep/transformers-$version.jsonl" --timeout "${SWEEP_TIMEOUT:-90}" "${@:0:0}"
+    --out "$here/docs/sweep/transformers-$version.jsonl" --timeout "${SWEEP_TIMEOUT:-150}"
 done

@@ -13,27 +13,30 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 # field -> tiny value (only fields the config already has are touched, and only downwards)
+LAYERS = 2
 LAYER_FIELDS = (
     "num_hidden_layers", "num_layers", "n_layer", "n_layers", "encoder_layers", "decoder_layers",
     "num_decoder_layers", "num_encoder_layers", "num_text_layers", "num_vision_layers",
 )
 SMALL: Dict[str, int] = {
-    **{name: 2 for name in LAYER_FIELDS},
-    "hidden_size": 32, "d_model": 32, "n_embd": 32, "embed_dim": 32, "word_embed_proj_dim": 32,
+    **{name: LAYERS for name in LAYER_FIELDS},
+    "hidden_size": 64, "d_model": 64, "n_embd": 64, "embed_dim": 32, "word_embed_proj_dim": 64,
     "num_attention_heads": 4, "n_head": 4, "n_heads": 4, "num_heads": 4,
     "encoder_attention_heads": 4, "decoder_attention_heads": 4,
-    "num_key_value_heads": 2, "intermediate_size": 64, "encoder_ffn_dim": 64,
-    "decoder_ffn_dim": 64, "d_ff": 64, "n_inner": 64, "ffn_dim": 64, "d_inner": 64,
-    "head_dim": 8, "d_kv": 8, "d_head": 8, "kv_lora_rank": 16, "q_lora_rank": 16,
-    "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8,
+    "num_key_value_heads": 4, "intermediate_size": 128, "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128, "d_ff": 128, "n_inner": 128, "ffn_dim": 128, "d_inner": 128,
+    "head_dim": 16, "d_kv": 16, "d_head": 16, "kv_lora_rank": 16, "q_lora_rank": 16,
+    "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 16,
     "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
     "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
-    "vocab_size": 128, "max_position_embeddings": 128, "n_positions": 128,
-    "rotary_dim": 8, "projection_dim": 32, "embedding_size": 32, "hidden_dim": 32,
+    "n_group": 1, "topk_group": 1, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16,
+    "ssm_state_size": 16, "mamba_n_groups": 1, "n_groups": 1,
+    "vocab_size": 128,
+    "rotary_dim": 16, "projection_dim": 32, "embedding_size": 64, "hidden_dim": 64,
 }
 TOKEN_SUFFIXES = ("token_id", "token_index", "_token")
 SPECIAL_BASE = 128  # special token ids move to SPECIAL_BASE.. (text ids stay below)
-BATCH, SEQ = 2, 32
+BATCH, SEQ = 4, 64
 
 
 def _is_config(value: Any) -> bool:
@@ -77,11 +80,19 @@ def shrink_overrides(config: Any, special: Optional[Dict[int, int]] = None) -> D
         value = values.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > small:
             overrides[key] = small
-    # per-layer lists (layer_types, layers_block_type, ...) follow the new layer count
+    # per-layer lists (layer_types, layers_block_type, ...) and dicts follow the layer count
     counts = {values[k]: overrides[k] for k in LAYER_FIELDS if k in overrides}
     for key, value in values.items():
         if isinstance(value, (list, tuple)) and len(value) in counts and key not in overrides:
             overrides[key] = list(value)[: counts[len(value)]]
+        elif isinstance(value, dict) and "layer" in key and value and all(
+                isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in value):
+            overrides[key] = {k: v for k, v in value.items() if int(k) < LAYERS}
+        elif key in ("num_heads", "num_attention_heads", "depths") and isinstance(value, list):
+            overrides[key] = [min(v, 2) for v in value]  # Swin-style stage lists
+    rope = _rope_overrides(config, overrides)
+    if rope:
+        overrides.update(rope)
     if "vocab_size" in overrides:  # special tokens (image, audio...) sit above the text ids
         overrides["vocab_size"] = SPECIAL_BASE + len(special) + 8
     for key, value in values.items():
@@ -102,9 +113,41 @@ def shrink_overrides(config: Any, special: Optional[Dict[int, int]] = None) -> D
     return overrides
 
 
-def tiny_config(config_class: type, extra: Optional[Dict[str, Any]] = None) -> Any:
-    default = config_class()
-    overrides = shrink_overrides(default)
+def _rope_overrides(config: Any, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """Multimodal RoPE sections must add up to half the (new) rotary dimension."""
+    changed = {}
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = getattr(config, key, None)
+        if not isinstance(rope, dict):
+            continue
+        if "mrope_section" not in rope and "mrope_section" in getattr(
+                type(config), "ignore_keys_at_rope_validation", ()):
+            rope = {**rope, "mrope_section": [16, 24, 24]}  # the modeling code's default
+        if not isinstance(rope.get("mrope_section"), list):
+            continue
+        hidden = overrides.get("hidden_size", getattr(config, "hidden_size", 32))
+        heads = overrides.get("num_attention_heads", getattr(config, "num_attention_heads", 4))
+        head_dim = overrides.get("head_dim", hidden // heads)
+        factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+        half = max(int(head_dim * factor) // 2, len(rope["mrope_section"]))
+        old = rope["mrope_section"]
+        new = [max(1, round(part * half / sum(old))) for part in old]
+        new[0] += half - sum(new)
+        changed[key] = {**rope, "mrope_section": new}
+    return changed
+
+
+def tiny_config(config_class: type, extra: Optional[Dict[str, Any]] = None,
+                layers: int = 2) -> Any:
+    """A tiny config; `layers` > 2 for hybrids whose attention layers come later."""
+    global LAYERS
+    saved, LAYERS = LAYERS, layers
+    SMALL.update({name: layers for name in LAYER_FIELDS})
+    try:
+        overrides = shrink_overrides(config_class())
+    finally:
+        LAYERS = saved
+        SMALL.update({name: saved for name in LAYER_FIELDS})
     overrides.update(extra or {})
     return config_class(**overrides)
 
@@ -174,6 +217,9 @@ def input_variants(model: Any) -> List[Dict[str, Any]]:
         variants.append({**first, "pixel_values": _pixels(model.config)})
     if "input_values" in first:
         variants.append({**first, "input_values": first["input_values"][:, None]})
+    if "input_features" in params and "input_features" not in first:
+        bins = getattr(model.config, "feature_size", None) or 80
+        variants.append({**first, "input_features": torch.randn(BATCH, bins, 64)})
     return variants
 
 
@@ -195,13 +241,16 @@ def make_inputs(model: Any) -> Dict[str, Any]:
             inputs["decoder_input_ids"] = torch.nn.functional.pad(ids[:, :-1], (1, 0))
     elif name == "pixel_values":
         inputs["pixel_values"] = _pixels(config)
-        if "labels" in params and hasattr(config, "num_labels"):
+        if "labels" in params and type(model).__name__.endswith("ForImageClassification"):
             inputs["labels"] = torch.randint(config.num_labels, (BATCH,))
     elif name == "input_values":
         inputs["input_values"] = torch.randn(BATCH, 3200)
+        if "decoder_input_ids" in params:
+            inputs["decoder_input_ids"] = _text_ids(config, vocab, (BATCH, SEQ // 2))
     elif name == "input_features":
         frames = 2 * getattr(config, "max_source_positions", 32)
-        bins = getattr(config, "num_mel_bins", None) or getattr(config, "input_feat_per_channel", 80)
+        bins = (getattr(config, "num_mel_bins", None)
+                or getattr(config, "input_feat_per_channel", 80))
         if getattr(config, "model_type", "") == "whisper":
             inputs["input_features"] = torch.randn(BATCH, bins, frames)
         else:
@@ -227,19 +276,20 @@ def loss_of(output: Any) -> torch.Tensor:
     return torch.stack(floats).sum()
 
 
-def build(model_type: str, recipe: Optional[Recipe] = None) -> Tuple[Any, List[Dict[str, Any]]]:
+def build(model_type: str, recipe: Optional[Recipe] = None,
+          layers: int = 2) -> Tuple[Any, List[Dict[str, Any]]]:
     """A tiny random model of `model_type` and the inputs to try for one training step."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     recipe = recipe or RECIPES.get(model_type, Recipe())
-    config = tiny_config(CONFIG_MAPPING[model_type], recipe.config)
+    config = tiny_config(CONFIG_MAPPING[model_type], recipe.config, layers)
     class_name = recipe.model_class or model_class_name(model_type)
     if class_name is None:
         raise NoModelClass(f"no model class for {model_type} (a sub-model config)")
     model_class = getattr(transformers, class_name)
     torch.manual_seed(0)
-    model = model_class(config)
+    model = model_class(recipe.sub_config(config) if recipe.sub_config else config)
     for module in model.modules():  # functional dropout modules built from hard-coded rates
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -259,10 +309,34 @@ class Recipe:
         config: Optional[Dict[str, Any]] = None,
         model_class: Optional[str] = None,
         inputs: Optional[Callable[[Any], Dict[str, Any]]] = None,
+        sub_config: Optional[Callable[[Any], Any]] = None,
     ) -> None:
         self.config = config or {}
         self.model_class = model_class
         self.inputs = inputs
+        self.sub_config = sub_config  # the part of the config the model class takes
 
 
-RECIPES: Dict[str, Recipe] = {}
+def _pi0_inputs(model: Any) -> Dict[str, Any]:
+    """Robot state, noise and actions, and a prompt whose image tokens match the image."""
+    config = model.config
+    vision = config.vlm_config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    image = torch.full((BATCH, patches), config.vlm_config.image_token_id)
+    ids = torch.cat([image, _text_ids(config.vlm_config, 128, (BATCH, 8))], dim=1)
+    return {
+        "state": torch.randn(BATCH, config.max_state_dim),
+        "noise": torch.randn(BATCH, config.chunk_size, config.max_action_dim),
+        "timestep": torch.rand(BATCH),
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": torch.randn(BATCH, 3, vision.image_size, vision.image_size),
+        "actions": torch.randn(BATCH, config.chunk_size, config.max_action_dim),
+    }
+
+
+RECIPES: Dict[str, Recipe] = {
+    "bark": Recipe(model_class="BarkSemanticModel",
+                   sub_config=lambda config: config.semantic_config),
+    "pi0": Recipe(model_class="PI0ForConditionalGeneration", inputs=_pi0_inputs),
+}

@@ -68,6 +68,15 @@ class Signature:
         return None, self.defaults.get(name)
 
 
+def returns_cache(layer_type: type) -> bool:
+    """Whether a layer's tuple output may hold its cache: transformers layers stopped
+    returning caches in 5.0 (the Cache object is updated in place)."""
+    if layer_type.__module__.startswith("transformers."):
+        version = installed_version("transformers")
+        return version is None or version < Version("5")
+    return True
+
+
 @dataclass(frozen=True)
 class CacheEdit:
     """What gcshim changed in one call, and what it needs to restore the output's shape."""

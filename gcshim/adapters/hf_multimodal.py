@@ -22,6 +22,15 @@ ROWS = [
               "forward: calls that carry it are not checkpointed",
     ),
     Adapter(
+        name="transformers Dory (recurrent loops share KV through the cache)",
+        predicate=_any_layer,
+        within=("DoryModel",),
+        package="transformers",
+        cache_policy="run-as-is",
+        auto=False,
+        notes="with a cache, later loops read the KV states earlier loops stored in it",
+    ),
+    Adapter(
         name="transformers Zamba hybrid layers",
         classes=("ZambaMambaDecoderLayer", "ZambaHybridLayer", "Zamba2MambaDecoderLayer",
                  "Zamba2HybridLayer"),
