@@ -38,7 +38,7 @@ import tiny_models  # noqa: E402
 import gcshim  # noqa: E402
 from gcshim.memory import peak_bytes  # noqa: E402
 
-LAYER_LADDER = (2, 4, 6)
+LAYER_LADDER = (2, 6, 12)  # Zamba ties its shared block: two hybrid layers need 12
 RUN_SECONDS = 40  # one step; transformers' own reentrant WavLM recursion would never end
 CONDITIONS = [(reentrant, cache) for reentrant in (False, True) for cache in ("off", "default")]
 GCSHIM_DIR = str(Path(gcshim.__file__).resolve().parent)
@@ -197,6 +197,19 @@ def _working_inputs(base: Any, variants: List[Dict[str, Any]], counter: CallCoun
     return " | ".join(errors)
 
 
+def _references(base: Any, inputs: Dict[str, Any], counter: CallCounter) -> Any:
+    """The un-checkpointed step per cache condition, or why it cannot run."""
+    references = {}
+    for cache in ("off", "default"):
+        try:
+            references[cache] = _run(base, inputs, cache, lambda model: None, counter)
+        except Exception as error:
+            return _short(error)
+        if not torch.isfinite(torch.tensor(references[cache]["loss"])):
+            return "loss is not finite"
+    return references
+
+
 def run_architecture(model_type: str,
                      save: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """One architecture's runs; `save` gets the record as it grows (for the forked runner)."""
@@ -215,9 +228,13 @@ def run_architecture(model_type: str,
             record.update(status="no-build", error=_short(error))
             continue
         inputs = _working_inputs(base, variants, counter)
-        if not isinstance(inputs, str):
+        if isinstance(inputs, str):
+            record.update(status="no-baseline", error=inputs)
+            continue
+        references = _references(base, inputs, counter)
+        if isinstance(references, dict):
             break
-        record.update(status="no-baseline", error=inputs)
+        record.update(status="no-baseline", error=references)
     else:
         return record
     record.pop("error", None)
@@ -226,16 +243,6 @@ def run_architecture(model_type: str,
     record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
     trainable = [n for n, p in base.named_parameters() if p.requires_grad]
     record["conditions"] = {}
-    references = {}
-    for cache in ("off", "default"):
-        try:
-            references[cache] = _run(base, inputs, cache, lambda model: None, counter)
-        except Exception as error:
-            record.update(status="no-baseline", error=_short(error))
-            return record
-        if not torch.isfinite(torch.tensor(references[cache]["loss"])):
-            record.update(status="no-baseline", error="loss is not finite")
-            return record
     record["status"] = "ran"
     # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
     # reentrant WavLM) ends the process, and the parent keeps what was saved before it
@@ -280,11 +287,12 @@ def _child(model_type: str, path: str) -> None:
     save(record)
 
 
-def sweep(model_types: List[str], out: Path, timeout: float, jobs: int) -> None:
+def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
+          append: bool = False) -> None:
     pending = list(model_types)
     running: Dict[int, tuple] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as sink:
+    with open(out, "a" if append else "w") as sink:
         while pending or running:
             while pending and len(running) < jobs:
                 model_type = pending.pop(0)
@@ -338,9 +346,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--only", help="comma-separated model types")
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--append", action="store_true",
+                        help="add to --out (a rerun's record replaces the earlier one)")
     args = parser.parse_args(argv)
     model_types = args.only.split(",") if args.only else all_model_types()
-    sweep(model_types, args.out, args.timeout, args.jobs)
+    sweep(model_types, args.out, args.timeout, args.jobs, args.append)
 
 
 if __name__ == "__main__":

@@ -335,7 +335,13 @@ def _pi0_inputs(model: Any) -> Dict[str, Any]:
     }
 
 
+# Zamba ties every hybrid layer's shared block to the first one: two hybrids are needed
+_ZAMBA_LAYERS = {"num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid"] * 2,
+                 "mamba_d_state": 8}
+
 RECIPES: Dict[str, Recipe] = {
+    "zamba": Recipe(config={**_ZAMBA_LAYERS, "n_mamba_heads": 2}),
+    "zamba2": Recipe(config={**_ZAMBA_LAYERS, "mamba_headdim": 16}),  # 8 heads x 16 = 2 x 64
     "bark": Recipe(model_class="BarkSemanticModel",
                    sub_config=lambda config: config.semantic_config),
     "pi0": Recipe(model_class="PI0ForConditionalGeneration", inputs=_pi0_inputs),

@@ -1,0 +1,112 @@
+"""Models whose own checkpointing transformers lacks, breaks, or turns into a silent no-op."""
+
+import copy
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import gcshim
+from gcshim.adapters import find_adapter
+
+transformers = pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import arch_sweep  # noqa: E402
+
+# supports_gradient_checkpointing = False (enable raises), and the hybrids sharing one block
+UNSUPPORTED = ["albert", "ctrl", "openai-gpt", "xlnet", "mpnet", "squeezebert", "funnel",
+               "jetmoe", "bark", "bridgetower"]
+HYBRIDS = ["zamba", "zamba2"]
+
+
+@pytest.mark.parametrize("arch", UNSUPPORTED + HYBRIDS)
+def test_gcshim_checkpoints_what_transformers_cannot(arch, monkeypatch):
+    import tiny_models
+
+    if arch in HYBRIDS:  # the Mamba reference kernels are slow on CPU: a shorter batch
+        monkeypatch.setattr(tiny_models, "SEQ", 8)
+        monkeypatch.setattr(tiny_models, "BATCH", 2)
+    record = arch_sweep.run_architecture(arch)
+    assert record["status"] == "ran", record
+    for condition, entry in record["conditions"].items():
+        assert entry["gcshim"]["status"] == "pass", (arch, condition, entry["gcshim"])
+        assert entry["gcshim"]["recomputed"] > 0
+        if arch in UNSUPPORTED:
+            assert entry["transformers"]["status"] == "unsupported"
+    if arch in HYBRIDS:  # the hybrid layers around the one shared attention block
+        assert "transformers Zamba hybrid layers" in entry["gcshim"]["adapters"]
+
+
+def _mllama_vision():
+    config = transformers.MllamaVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_global_layers=2, attention_heads=4,
+        intermediate_size=64, vision_output_dim=64, image_size=28, patch_size=14,
+        max_num_tiles=2, supported_aspect_ratios=[[1, 1], [1, 2]],
+        intermediate_layers_indices=[0],
+    )
+    model = transformers.MllamaVisionModel(config)
+    inputs = {
+        "pixel_values": torch.randn(2, 1, 2, 3, 28, 28),
+        "aspect_ratio_ids": torch.tensor([[1], [2]]),
+        "aspect_ratio_mask": torch.ones(2, 1, 2, dtype=torch.long),
+    }
+    return model, inputs
+
+
+def _step(model, inputs, layer_calls):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    before = sum(layer_calls)
+    model(**inputs).last_hidden_state.pow(2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads, sum(layer_calls) - before
+
+
+def _count_layer_internals(model):
+    calls = [0]
+    for module in model.modules():
+        if type(module).__name__ == "MllamaVisionEncoderLayer":
+            first = next(module.children())
+            first.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_mllama_vision_encoder_transformers_flag_is_a_no_op_gcshim_is_not():
+    model, inputs = _mllama_vision()
+    calls = _count_layer_internals(model)
+    reference, plain_calls = _step(copy.deepcopy(model), inputs, [0])
+    _, plain_calls = _step(model, inputs, calls)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
+    _, flagged_calls = _step(model, inputs, calls)
+    assert flagged_calls == plain_calls  # transformers' flag is set and recomputes nothing
+
+    handle = gcshim.apply(model)  # the table knows the flag is inert for these layers
+    vision_layers = [p for p in handle.layers if "transformer.layers" in p]
+    assert vision_layers, handle.report()
+    assert {find_adapter(model.get_submodule(p)).transformers_checkpointing
+            for p in vision_layers} == {"no-op"}
+    grads, gcshim_calls = _step(model, inputs, calls)
+    assert gcshim_calls > plain_calls
+    for name, grad in reference.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gpt_bigcode_row_is_a_no_op_on_4_55_to_4_57(monkeypatch):
+    from gcshim.adapters import base
+
+    class GPTBigCodeBlock(torch.nn.Module):
+        pass
+
+    GPTBigCodeBlock.__module__ = "transformers.models.gpt_bigcode.modeling_gpt_bigcode"
+    verdicts = {}
+    for version in ("4.44.2", "4.57.6", "5.0.0"):
+        monkeypatch.setattr(base, "installed_version",
+                            lambda package, v=version: base.Version(v))
+        verdicts[version] = find_adapter(GPTBigCodeBlock()).transformers_checkpointing
+    assert verdicts == {"4.44.2": "works", "4.57.6": "no-op", "5.0.0": "works"}
