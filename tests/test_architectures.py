@@ -64,3 +64,25 @@ def test_second_transformers_release(tmp_path):
     assert versions and transformers.__version__ not in versions
     for record in records:
         _check(record)
+
+
+@pytest.mark.parametrize("arch", SUBSET)
+def test_rows_name_arguments_the_installed_layers_have(arch):
+    """Each row's grad-carrying arguments exist in the real layer's signature."""
+    import inspect
+
+    import tiny_models
+
+    import gcshim
+    from gcshim.adapters import find_adapter
+
+    model, _inputs = tiny_models.build(arch)
+    handle = gcshim.apply(model)
+    assert handle.layers
+    for path in handle.layers:
+        layer = model.get_submodule(path)
+        row = find_adapter(layer)
+        if row.is_generic:
+            continue
+        params = set(inspect.signature(type(layer).forward).parameters)
+        assert params & set(row.grad_args), (arch, type(layer).__name__, row.name, params)

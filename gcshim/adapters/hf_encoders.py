@@ -30,12 +30,20 @@ ROWS = [
     ),
     Adapter(
         name="transformers encoders without transformers checkpointing",
-        classes=("XLNetLayer", "MPNetLayer", "SqueezeBertModule", "FunnelLayer", "XLMLayer",
-                 "ReformerLayer"),
+        classes=("MPNetLayer", "SqueezeBertModule", "FunnelLayer", "XLMLayer", "ReformerLayer"),
         module_prefix=HF,
         package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
         notes="supports_gradient_checkpointing is False for these models",
+    ),
+    Adapter(
+        name="transformers XLNet layer",
+        classes=("XLNetLayer",),
+        module_prefix=HF,
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("output_h", "output_g"),
+        notes="two streams (content h, query g); `mems` from earlier segments are inputs only",
     ),
 ]

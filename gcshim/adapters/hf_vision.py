@@ -48,7 +48,10 @@ ROWS = [
         classes=("ViTLayer", "CLIPEncoderLayer", "SiglipEncoderLayer", "Siglip2EncoderLayer",
                  "SwinStage", "Swinv2Stage", "DonutSwinStage", "ConvNextStage", "ConvNextV2Stage",
                  "PvtV2BlockLayer", "Qwen2VLVisionBlock", "Qwen2_5_VLVisionBlock",
-                 "DeiTLayer", "BeitLayer", "Dinov2Layer", "ViTMAELayer", "Data2VecVisionLayer"),
+                 "DeiTLayer", "BeitLayer", "Dinov2Layer", "ViTMAELayer", "Data2VecVisionLayer",
+                 # transformers' own works for these from 5.0 (narrower rows above before)
+                 "MaskFormerSwinStage", "SwiftFormerEncoderBlock", "SwiftFormerConvEncoder",
+                 "SwiftFormerLocalRepresentation"),
         module_prefix=HF,
         package="transformers",
         grad_args=("hidden_states",),
