@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import warnings
-from typing import Set
+from typing import Optional, Set
 
 from .errors import GcshimWarning
 
@@ -23,10 +25,28 @@ def _first_time(key: str) -> bool:
         return True
 
 
-def warn_once(key: str, message: str, stacklevel: int = 2) -> None:
-    """Emit a GcshimWarning the first time `key` is seen in this process."""
+_GCSHIM_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_MODULES = os.path.join("torch", "nn", "modules")
+
+
+def _outside_stacklevel() -> int:
+    """The stacklevel (for a warnings.warn in warn_once) of the first frame outside gcshim and
+    torch.nn's call machinery: the user's or the model's line that called the layer."""
+    frame = sys._getframe(2)  # warn_once's caller
+    level = 2
+    while frame is not None and (frame.f_code.co_filename.startswith(_GCSHIM_DIR)
+                                 or _TORCH_MODULES in frame.f_code.co_filename):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def warn_once(key: str, message: str, stacklevel: Optional[int] = None) -> None:
+    """Emit a GcshimWarning the first time `key` is seen in this process, attributed to
+    `stacklevel`, or by default to the first frame outside gcshim and torch.nn."""
     if _first_time("warn:" + key):
-        warnings.warn(message, GcshimWarning, stacklevel=stacklevel + 1)
+        level = _outside_stacklevel() if stacklevel is None else stacklevel + 1
+        warnings.warn(message, GcshimWarning, stacklevel=level)
 
 
 def notice_once(key: str, message: str, level: int = logging.WARNING) -> None:

@@ -66,7 +66,6 @@ class CheckpointedCall:
                 f"cache-needed:{type(instance).__module__}.{layer}",
                 f"gcshim: {layer} fills a cache its model reads later, so calls that pass one "
                 "run without checkpointing. Shown once per layer class.",
-                stacklevel=4,
             )
             return wrapped(*args, **kwargs)
         args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
@@ -77,7 +76,6 @@ class CheckpointedCall:
                 f"gcshim: caching is off while {layer} is checkpointed "
                 f"({', '.join(edit.changed)}); a cache slot in its output returns the cache "
                 "passed in, not updated. Shown once per layer class.",
-                stacklevel=4,
             )
         output = self._checkpoint(wrapped, instance, args, kwargs)
         if not returns_cache(type(instance)):

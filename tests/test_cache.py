@@ -60,6 +60,9 @@ def test_one_warning_per_layer_class_not_per_step():
     messages = [str(w.message) for w in caught if w.category is GcshimWarning]
     assert len(messages) == 2
     assert "PastKeyValueBlock" in messages[0] and "LayerPastBlock" in messages[1]
+    # attributed to the model's line that called the layer, not to gcshim or torch.nn
+    assert {w.filename for w in caught if w.category is GcshimWarning} == {
+        CacheCallerModel.forward.__code__.co_filename}
 
 
 def test_no_warning_when_no_cache_is_asked_for():
