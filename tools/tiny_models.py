@@ -32,7 +32,7 @@ SMALL: Dict[str, int] = {
     "n_group": 1, "topk_group": 1, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 16,
     "ssm_state_size": 16, "mamba_n_groups": 1, "n_groups": 1,
     "vocab_size": 128,
-    "rotary_dim": 16, "projection_dim": 32, "embedding_size": 64, "hidden_dim": 64,
+    "rotary_dim": 16, "embedding_size": 64, "hidden_dim": 64, "projection_dim": 64,
 }
 TOKEN_SUFFIXES = ("token_id", "token_index", "_token")
 SPECIAL_BASE = 128  # special token ids move to SPECIAL_BASE.. (text ids stay below)
@@ -330,7 +330,8 @@ def _pi0_inputs(model: Any) -> Dict[str, Any]:
         "timestep": torch.rand(BATCH),
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
-        "pixel_values": torch.randn(BATCH, 3, vision.image_size, vision.image_size),
+        "pixel_values": torch.randn(BATCH, 1, 3, vision.image_size, vision.image_size),
+        "pixel_attention_mask": torch.ones(BATCH, 1, dtype=torch.bool),  # one camera
         "actions": torch.randn(BATCH, config.chunk_size, config.max_action_dim),
     }
 
