@@ -134,7 +134,10 @@ def _covering_reason(path: str, reasons: Dict[str, str]) -> Optional[str]:
 
 # -- discovery ---------------------------------------------------------------------------------
 def _is_block(module: nn.Module) -> bool:
-    """A module worth checkpointing on its own: it has sub-layers and parameters."""
+    """A module worth checkpointing on its own: it has sub-layers and parameters, and it is
+    called (a ModuleList/ModuleDict of stages is only iterated, never called)."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return False
     return next(module.children(), None) is not None and next(module.parameters(), None) is not None
 
 

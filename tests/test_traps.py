@@ -366,3 +366,25 @@ def test_blocks_whose_inputs_need_no_grad_still_train(reentrant):
     _train_step(model, x)
     assert_same_grads(reference, model)
     assert model.blocks[0].fc.weight.grad is not None
+
+
+class Stages(nn.Module):
+    """Stages held as a ModuleList of ModuleLists (PVT, GLPN): the lists are never called."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList(nn.ModuleList(Block() for _ in range(2)) for _ in range(2))
+
+    def forward(self, x):
+        for stage in self.stages:
+            for block in stage:
+                x = block(x)
+        return x.sum()
+
+
+def test_nested_module_lists_are_not_taken_for_blocks(checkpoint_calls):
+    model = Stages()
+    handle = gcshim.apply(model)
+    assert handle.layers == ["stages.0.0", "stages.0.1", "stages.1.0", "stages.1.1"]
+    model(torch.randn(2, 8)).backward()
+    assert len(checkpoint_calls) == 4
