@@ -122,3 +122,31 @@ def test_rows_name_arguments_the_installed_layers_have(arch):
             continue
         params = set(inspect.signature(type(layer).forward).parameters)
         assert params & set(row.grad_args), (arch, type(layer).__name__, row.name, params)
+
+
+FLAG_SCRIPT = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+sys.path.insert(0, sys.argv[1])
+import tiny_models, gcshim, transformers
+out = {"version": transformers.__version__}
+for arch in ("llama", "gpt2", "t5"):
+    model, _ = tiny_models.build(arch)
+    states = [model.is_gradient_checkpointing]
+    gcshim.apply(model)
+    states.append(model.is_gradient_checkpointing)
+    gcshim.remove(model)
+    states.append(model.is_gradient_checkpointing)
+    out[arch] = states
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not OLD, reason="set GCSHIM_OLD_TRANSFORMERS to a pip --target install")
+def test_second_release_is_gradient_checkpointing_follows_apply_and_remove():
+    env = dict(os.environ, PYTHONPATH=OLD)
+    done = subprocess.run([sys.executable, "-c", FLAG_SCRIPT, str(ROOT / "tools")], env=env,
+                          check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("version") != transformers.__version__
+    assert result == {arch: [False, True, False] for arch in ("llama", "gpt2", "t5")}
