@@ -112,3 +112,11 @@ def test_signature_positions_and_defaults():
     assert dict(sig.positions) == {"h": 0, "output_attentions": 1, "my_cache": 2, "use_cache": 3}
     assert sig.defaults["use_cache"] is False
     assert Signature.of(print).positions == {}  # builtins: keywords only
+
+
+def test_cache_slot_last_replaces_a_fixed_arity_output():
+    from gcshim.adapters.base import CacheEdit
+
+    row = gcshim.Adapter(name="fixed", classes=("Fixed",), cache_slot="last")
+    edit = CacheEdit(("use_cache=False",), True, "past_key_values", "CACHE", lambda name: None)
+    assert row.restore_output(("h", "attn", None), edit) == ("h", "attn", "CACHE")

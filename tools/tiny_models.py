@@ -262,13 +262,21 @@ def make_inputs(model: Any) -> Dict[str, Any]:
     return inputs
 
 
+CACHE_OUTPUTS = ("past_key_values", "past_key_value", "cache", "mems", "presents")
+
+
 def loss_of(output: Any) -> torch.Tensor:
-    """The output's loss, else the sum of the means of its floating-point tensors."""
+    """The output's loss, else the sum of the means of its floating-point tensors (returned
+    caches left out: checkpointing turns them off, and they are no training signal)."""
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
         return loss
     from gcshim import tree
 
+    if isinstance(output, dict):  # ModelOutput
+        output = {key: value for key, value in output.items() if key not in CACHE_OUTPUTS}
+    elif isinstance(output, tuple):
+        output = output[0]
     tensors, _ = tree.flatten(output)
     floats = [t.float().mean() for t in tensors if t.is_floating_point() and t.requires_grad]
     if not floats:

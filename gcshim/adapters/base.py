@@ -30,7 +30,9 @@ TRANSFORMERS_CHECKPOINTING = ("works", "no-op", "broken", "unsupported")
 CACHE_POLICIES = ("neutralise", "keep", "run-as-is")
 
 # The cache slot of a tuple output: an index, "append" (after everything else), "auto"
-# (index 1 for `layer_past`-style layers, else appended), or a function of the call's arguments.
+# (index 1 for `layer_past`-style layers, else appended), "last" (a fixed-arity output whose
+# last element is the cache, None while caching is off: replaced, not inserted), or a
+# function of the call's arguments.
 CacheSlot = Union[int, str, Callable[[Callable[[str], Any]], Union[int, str]]]
 
 
@@ -163,7 +165,7 @@ class Adapter:
         if self.versions and not self.package:
             raise ValueError(f"Adapter {self.name!r}: versions needs package")
         slot = self.cache_slot
-        if not (isinstance(slot, int) or slot in ("auto", "append") or callable(slot)):
+        if not (isinstance(slot, int) or slot in ("auto", "append", "last") or callable(slot)):
             raise TypeError(f"Adapter {self.name!r}: bad cache_slot {slot!r}")
 
     @property
@@ -259,6 +261,8 @@ class Adapter:
             slot = 1 if edit.cache_name == "layer_past" else "append"
         if slot == "append":
             return output + (edit.passed_cache,)
+        if slot == "last":
+            return output[:-1] + (edit.passed_cache,)
         return output[:slot] + (edit.passed_cache,) + output[slot:]
 
 
