@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +29,23 @@ def cache_policy(module: nn.Module, adapter: Adapter) -> str:
     if getattr(type(module), "_can_checkpoint_with_cache", False) is True:
         return "keep"
     return adapter.cache_policy
+
+
+_ABSENT = object()
+StateSnapshot = List[Tuple[nn.Module, str, Any]]
+
+
+def _snapshot(module: nn.Module, names: Tuple[str, ...]) -> StateSnapshot:
+    """The current values (references) of `names` on `module` and its submodules."""
+    return [(m, name, m.__dict__.get(name, _ABSENT)) for m in module.modules() for name in names]
+
+
+def _restore(snapshot: StateSnapshot) -> None:
+    for m, name, value in snapshot:
+        if value is _ABSENT:
+            m.__dict__.pop(name, None)
+        else:
+            m.__dict__[name] = value
 
 
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
@@ -96,10 +113,22 @@ class CheckpointedCall:
         reentrant = self.options.use_reentrant
         count = len(tensors)
         output_skeleton = []
+        state_names = self.adapter.module_state
+        state_before = _snapshot(module, state_names) if state_names else []
+        runs = []
 
         def run(*flat: torch.Tensor) -> Any:
             call_args, call_kwargs = tree.unflatten(skeleton, flat[:count])
-            output = wrapped(*call_args, **call_kwargs)
+            runs.append(None)
+            if len(runs) > 1 and state_before:  # the recompute: replay from the same state
+                state_after = _snapshot(module, state_names)
+                _restore(state_before)
+                try:
+                    output = wrapped(*call_args, **call_kwargs)
+                finally:
+                    _restore(state_after)
+            else:
+                output = wrapped(*call_args, **call_kwargs)
             if not reentrant:
                 return output
             # Reentrant checkpoint only connects top-level tensor outputs to autograd.

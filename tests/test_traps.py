@@ -388,3 +388,56 @@ def test_nested_module_lists_are_not_taken_for_blocks(checkpoint_calls):
     assert handle.layers == ["stages.0.0", "stages.0.1", "stages.1.0", "stages.1.1"]
     model(torch.randn(2, 8)).backward()
     assert len(checkpoint_calls) == 4
+
+
+# -- a layer that keeps a recurrent state on itself (RecurrentGemma's RG-LRU) ----------------
+class StatefulLayer(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.recurrent_states = None
+
+    def forward(self, hidden_states):
+        if self.recurrent_states is not None:  # the state carried over from the last call
+            hidden_states = hidden_states + self.recurrent_states
+        out = torch.tanh(self.proj(hidden_states))
+        self.recurrent_states = out.detach()
+        return out
+
+
+class StatefulModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(StatefulLayer() for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x.pow(2).sum()
+
+
+@MODES
+def test_module_state_is_replayed_for_the_recompute(reentrant):
+    row = Adapter(name="test stateful", classes=("StatefulLayer",),
+                  module_state=("recurrent_states",))
+    gcshim.register_adapter(row)
+    try:
+        model = StatefulModel()
+        x = torch.randn(4, 8, requires_grad=True)
+        reference = _train_step(copy.deepcopy(model), x)
+        gcshim.apply(model, use_reentrant=reentrant)
+        _train_step(model, x)
+        assert_same_grads(reference, model)
+        # the state after the step is the forward's, not the recompute's
+        assert all(layer.recurrent_states is not None for layer in model.layers)
+    finally:
+        gcshim.unregister_adapter(row)
+
+
+def test_without_the_row_the_recompute_sees_the_updated_state():
+    model = StatefulModel()
+    x = torch.randn(4, 8, requires_grad=True)
+    reference = _train_step(copy.deepcopy(model), x)
+    gcshim.apply(model)
+    grads = _train_step(model, x)
+    assert not torch.allclose(grads["layers.0.proj.weight"], reference["layers.0.proj.weight"])

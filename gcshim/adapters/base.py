@@ -123,6 +123,8 @@ class Adapter:
     grad_args: the arguments that can carry gradients (every tensor argument becomes a
         checkpoint input anyway; the tests check these names against the real signatures).
     transformers_checkpointing: see TRANSFORMERS_CHECKPOINTING.
+    module_state: attribute names that the layer's (sub)modules reassign in forward (a
+        recurrent state): put back as they were for the recompute, so it replays the forward.
     auto: whether `layers="auto"` picks layers of this row.
     """
 
@@ -139,6 +141,7 @@ class Adapter:
     cache_policy: str = "neutralise"
     grad_args: Tuple[str, ...] = ("hidden_states",)
     transformers_checkpointing: str = "works"
+    module_state: Tuple[str, ...] = ()
     auto: bool = True
     notes: str = ""
     _specifier: SpecifierSet = field(init=False, repr=False, compare=False)
@@ -153,6 +156,7 @@ class Adapter:
         object.__setattr__(self, "cache_args", tuple(self.cache_args))
         object.__setattr__(self, "grad_args", tuple(self.grad_args))
         object.__setattr__(self, "within", tuple(self.within))
+        object.__setattr__(self, "module_state", tuple(self.module_state))
         if self.predicate is not None and not callable(self.predicate):
             raise TypeError(f"Adapter {self.name!r}: predicate must be callable")
         _check_choice(self.name, "cache_policy", self.cache_policy, CACHE_POLICIES)

@@ -117,6 +117,8 @@ ROWS = [
         module_prefix=HF,
         package="transformers",
         grad_args=("activations",),
-        notes="recurrent state lives on the layer; its recompute restarts from the saved input",
+        module_state=("recurrent_states", "conv1d_state"),
+        notes="the RG-LRU and its conv keep their state on the module and reassign it in every "
+              "forward: the recompute starts from the state the forward started from",
     ),
 ]
