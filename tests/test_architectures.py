@@ -83,6 +83,9 @@ def test_vlm_cache_trap_that_torch_activation_checkpointing_hits():
 
 
 OLD = os.environ.get("GCSHIM_OLD_TRANSFORMERS")
+# on 4.44.2, transformers' own checkpointing loses UMT5's gradients, does nothing for
+# SwiftFormer and raises CheckpointError for RecurrentGemma (non-reentrant)
+OLD_ONLY = ["umt5", "swiftformer", "recurrent_gemma"]
 
 
 @pytest.mark.skipif(not OLD, reason="set GCSHIM_OLD_TRANSFORMERS to a pip --target install")
@@ -91,15 +94,19 @@ def test_second_transformers_release(tmp_path):
     env = dict(os.environ, PYTHONPATH=OLD)
     subprocess.run(
         [sys.executable, str(ROOT / "tools" / "arch_sweep.py"), "--out", str(out),
-         "--only", ",".join(SUBSET), "--timeout", "120"],
-        env=env, check=True, capture_output=True, timeout=600,
+         "--only", ",".join(SUBSET + OLD_ONLY), "--timeout", "150"],
+        env=env, check=True, capture_output=True, timeout=900,
     )
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["arch"] for r in records} == set(SUBSET)
-    versions = {r["transformers"] for r in records if "transformers" in r}
+    records = {json.loads(line)["arch"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert set(records) == set(SUBSET + OLD_ONLY)
+    versions = {r["transformers"] for r in records.values() if "transformers" in r}
     assert versions and transformers.__version__ not in versions
-    for record in records:
+    for record in records.values():
         _check(record)
+    if versions == {"4.44.2"}:
+        for arch in OLD_ONLY:
+            theirs = {e["transformers"]["status"] for e in records[arch]["conditions"].values()}
+            assert theirs != {"pass"}, (arch, theirs)
 
 
 @pytest.mark.parametrize("arch", SUBSET)
