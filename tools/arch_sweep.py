@@ -167,7 +167,9 @@ def _verdict(run: Callable[[], Dict[str, Any]], reference: Dict[str, Any],
     try:
         with _time_limit(RUN_SECONDS):
             result = run()
-    except (RecursionError, StepTimeout) as error:
+    except StepTimeout as error:
+        return {"status": "timeout", "error": _short(error), "in_gcshim": False}
+    except RecursionError as error:
         return {"status": "error", "error": _short(error), "in_gcshim": False}
     except Exception as error:  # the sweep records every failure, it never stops on one
         return {"status": "error", "error": _short(error), "in_gcshim": _inside_gcshim(error)}

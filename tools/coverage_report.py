@@ -73,7 +73,7 @@ def summarise(records: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             if theirs != "pass":
                 counts["gcshim pass where transformers' own fails or is unsupported"] += 1
         else:
-            failures.append(f"`{arch}`: {ours}")
+            failures.append(f"`{arch}`: {ours}{_same_as_transformers(record)}")
             if theirs == "pass":
                 counts["transformers passes, gcshim does not"] += 1
         if theirs == "pass":
@@ -134,7 +134,9 @@ def render(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
         ran = counts.get("ran", 0)
         rates.append(f"{100 * counts.get('gcshim pass', 0) / ran:.1f}%" if ran else "-")
     lines.append("| gcshim pass rate (of ran) | " + " | ".join(rates) + " |")
-    lines += ["", "## gcshim failures, with cause", ""]
+    lines += ["", "## gcshim failures, with cause", "",
+              "`timeout`: the architecture's process ran past the sweep's time limit (slow "
+              "reference kernels of a tiny model on 2 CPU cores), before that run finished.", ""]
     for version in results:
         failures = summaries[version]["failures"]
         lines.append(f"- **{version}**: " + ("none" if not failures else ""))
@@ -166,6 +168,17 @@ def render(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
                 lines.append(f"- `{arch}` {record['status']}: {record.get('error', '')[:160]}")
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def _same_as_transformers(record: Dict[str, Any]) -> str:
+    """A note when transformers' own checkpointing fails the same way in the same conditions
+    (the cause is then the model's recompute, not gcshim)."""
+    same = [c for c, entry in record["conditions"].items()
+            if entry["gcshim"]["status"] in ("wrong-grads", "error")
+            and entry["transformers"].get("status") == entry["gcshim"]["status"]
+            and entry["transformers"].get("mismatch") == entry["gcshim"].get("mismatch")
+            and entry["transformers"].get("error") == entry["gcshim"].get("error")]
+    return " - identical with transformers' own checkpointing" if same else ""
 
 
 def _brief(text: str) -> str:
