@@ -32,6 +32,7 @@ class Handle:
         skipped: List[Tuple[str, nn.Module, str]],
         source: str,
         switched_off: Optional[dict] = None,
+        marked_stacks: Optional[list] = None,
     ) -> None:
         self._model_ref = weakref.ref(model)
         self._model_name = type(model).__name__
@@ -40,6 +41,8 @@ class Handle:
         self.source = source
         # transformers flags gcshim turned off where transformers' own branch is broken
         self._switched_off = switched_off or {}
+        # stacks flagged with the layers (transformers 4.53-4.x): (module, what mark saved)
+        self._marked_stacks = marked_stacks or []
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -63,6 +66,9 @@ class Handle:
             self._patched = []
             hf_flags.switch_back(self._switched_off)
             self._switched_off = {}
+            for stack, saved in reversed(self._marked_stacks):
+                hf_flags.unmark(stack, saved)
+            self._marked_stacks = []
             model = self.model
             if model is not None and _handles.get(model) is self:
                 del _handles[model]
@@ -157,7 +163,12 @@ def apply(
         for path, _module, why in selection.skipped:
             logger.info("gcshim: %s left alone: %s", path, why)
         switched_off = hf_flags.switch_off(selection.switch_off)
-        handle = Handle(model, patched, selection.skipped, selection.source, switched_off)
+        marked = [(path, module, wrapper) for path, module, wrapper in patched
+                  if wrapper._self_gcshim_flags is not None]
+        stacks = hf_flags.stacks_to_mark(model, [path for path, _m, _w in marked])
+        marked_stacks = [(stack, hf_flags.mark(stack, options)) for stack in stacks]
+        handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
+                        marked_stacks)
         _handles[model] = handle
         return handle
 

@@ -90,6 +90,32 @@ def unmark(layer: nn.Module, saved: Saved) -> None:
             layer.__dict__[name] = value
 
 
+def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
+    """Stacks above the layers whose flag must be on too, on transformers 4.53 to 4.x.
+
+    There `GradientCheckpointingLayer.__call__` turns `use_cache` off inside a flagged layer
+    before gcshim's wrapper sees it, while old-style stacks still index the layer's cache slot
+    unless their own flag told them to turn caching off for the whole stack.
+    """
+    from packaging.version import Version
+
+    from .adapters.base import installed_version
+
+    version = installed_version("transformers")
+    if version is None or not Version("4.53") <= version < Version("5"):
+        return []
+    stacks: List[nn.Module] = []
+    for path in layer_paths:
+        parts = path.split(".")
+        for depth in range(len(parts)):
+            above = model.get_submodule(".".join(parts[:depth]))
+            if (FLAG in vars(above) or hasattr(type(above), FLAG)) and above not in stacks \
+                    and not transformers_checkpoints(above) and hasattr(type(
+                        model.get_submodule(path)), FLAG):
+                stacks.append(above)
+    return stacks
+
+
 def switch_off(modules: List[nn.Module]) -> Dict[nn.Module, Any]:
     """Turn transformers' own flag off on `modules` (where it is broken); returns the undo."""
     saved = {}

@@ -93,3 +93,42 @@ def test_plain_torch_models_get_no_transformers_flags():
                                   for _ in range(3)))
     gcshim.apply(model)
     assert not any("gradient_checkpointing" in vars(m) for m in model.modules())
+
+
+def test_stacks_are_flagged_too_where_transformers_layers_drop_use_cache(monkeypatch):
+    """4.53-4.x: the layer's own __call__ turns use_cache off before gcshim sees it, so the
+    stack must know too (it would index the missing cache slot)."""
+    from gcshim.adapters import base
+
+    class Layer(torch.nn.Module):
+        gradient_checkpointing = False  # as transformers' GradientCheckpointingLayer
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(2))
+            self.gradient_checkpointing = False
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("4.57.6"))
+    model = Stack()
+    before = dict(vars(model))
+    handle = gcshim.apply(model, layers=Layer)
+    assert model.gradient_checkpointing is True
+    assert isinstance(model._gradient_checkpointing_func, hf_flags.PassThrough)
+    handle.remove()
+    assert vars(model).keys() == before.keys() and model.gradient_checkpointing is False
+    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("5.24.0"))
+    gcshim.apply(model, layers=Layer)
+    assert model.gradient_checkpointing is False  # 5.x layers return no cache

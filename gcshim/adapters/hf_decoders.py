@@ -93,14 +93,6 @@ ROWS = [
         grad_args=("x",),
     ),
     Adapter(
-        name="transformers decoders without transformers checkpointing",
-        classes=("JetMoeDecoderLayer", "BarkBlock", "CpmAntTransformerBlock"),
-        module_prefix=HF,
-        package="transformers",
-        transformers_checkpointing="unsupported",
-        grad_args=("hidden_states",),
-    ),
-    Adapter(
         name="transformers CpmAnt block <5",
         classes=("CpmAntTransformerBlock",),
         module_prefix=HF,
@@ -110,6 +102,14 @@ ROWS = [
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
         notes="always (h, attn, present): present is None while caching is off",
+    ),
+    Adapter(
+        name="transformers decoders without transformers checkpointing",
+        classes=("JetMoeDecoderLayer", "BarkBlock", "CpmAntTransformerBlock"),
+        module_prefix=HF,
+        package="transformers",
+        transformers_checkpointing="unsupported",
+        grad_args=("hidden_states",),
     ),
     Adapter(
         name="transformers RecurrentGemma layer",
