@@ -10,26 +10,19 @@ def _any_layer(cls: type) -> bool:
     return True
 
 
+def _model_reads_its_cache(name: str, model_class: str, notes: str) -> Adapter:
+    """Every layer inside `model_class`: a call that carries a cache runs un-checkpointed."""
+    return Adapter(name=name, predicate=_any_layer, within=(model_class,), package="transformers",
+                   cache_policy="run-as-is", auto=False, notes=notes)
+
+
 ROWS = [
-    Adapter(
-        name="transformers PI0 (prefix cache)",
-        predicate=_any_layer,
-        within=("PI0Model",),
-        package="transformers",
-        cache_policy="run-as-is",
-        auto=False,
-        notes="the VLM fills a prefix cache the action expert reads in the same training "
-              "forward: calls that carry it are not checkpointed",
-    ),
-    Adapter(
-        name="transformers Dory (recurrent loops share KV through the cache)",
-        predicate=_any_layer,
-        within=("DoryModel",),
-        package="transformers",
-        cache_policy="run-as-is",
-        auto=False,
-        notes="with a cache, later loops read the KV states earlier loops stored in it",
-    ),
+    _model_reads_its_cache(
+        "transformers PI0 (prefix cache)", "PI0Model",
+        "the VLM fills a prefix cache the action expert reads in the same training forward"),
+    _model_reads_its_cache(
+        "transformers Dory (recurrent loops share KV through the cache)", "DoryModel",
+        "with a cache, later loops read the KV states earlier loops stored in it"),
     Adapter(
         name="transformers Zamba hybrid layers",
         classes=("ZambaMambaDecoderLayer", "ZambaHybridLayer", "Zamba2MambaDecoderLayer",
