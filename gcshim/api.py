@@ -163,9 +163,8 @@ def apply(
         for path, _module, why in selection.skipped:
             logger.info("gcshim: %s left alone: %s", path, why)
         switched_off = hf_flags.switch_off(selection.switch_off)
-        marked = [(path, module, wrapper) for path, module, wrapper in patched
-                  if wrapper._self_gcshim_flags is not None]
-        stacks = hf_flags.stacks_to_mark(model, [path for path, _m, _w in marked])
+        flagged = [path for path, _m, wrapper in patched if wrapper._self_gcshim_flags is not None]
+        stacks = hf_flags.stacks_to_mark(model, flagged)
         marked_stacks = [(stack, hf_flags.mark(stack, options)) for stack in stacks]
         handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
                         marked_stacks)

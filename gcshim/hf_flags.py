@@ -5,25 +5,25 @@ on 5.24), which is true when any submodule has ``gradient_checkpointing`` set. g
 flag on each layer it checkpoints, with a `PassThrough` as the layer's
 ``_gradient_checkpointing_func``: transformers' own branch on the layer
 (``GradientCheckpointingLayer`` since 4.52) then just calls through to gcshim's wrapper, which
-checkpoints once. Stack modules (``LlamaModel``, ``T5Stack``, ...) are never flagged, because
-their checkpoint branch is broken on some releases (UMT5, Pix2Struct).
+checkpoints once. Stack modules (``LlamaModel``, ``T5Stack``, ...) are not flagged, because
+their checkpoint branch is broken on some releases (UMT5, Pix2Struct); only on 4.53-4.x, where
+the layer's own ``__call__`` turns ``use_cache`` off, are the stacks above flagged too.
 
 transformers is never imported here: models are recognised by their attributes.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
+from ._attrs import put_back, take
 from .checkpoint import CheckpointOptions
 
 FLAG = "gradient_checkpointing"
 FUNC = "_gradient_checkpointing_func"
-_MISSING = object()
 
 
 class PassThrough:
@@ -62,18 +62,13 @@ def should_mark(layer: nn.Module, owner: nn.Module) -> bool:
     return is_transformers_model(owner) or hasattr(type(layer), FLAG)
 
 
-# (attribute, what the instance __dict__ held before: a value or _MISSING)
+# (attribute, what the instance __dict__ held before: a value or ABSENT)
 Saved = List[Tuple[str, Any]]
-
-
-def copy_saved(value: Any, memo: dict) -> Any:
-    """Deep-copy a saved value, keeping the "absent" marker itself."""
-    return value if value is _MISSING else copy.deepcopy(value, memo)
 
 
 def mark(layer: nn.Module, options: CheckpointOptions) -> Saved:
     """Flag `layer` as checkpointed (by gcshim); returns what `unmark` needs."""
-    saved = [(name, layer.__dict__.get(name, _MISSING)) for name in (FLAG, FUNC)]
+    saved = [(name, take(layer, name)) for name in (FLAG, FUNC)]
     layer.__dict__[FUNC] = PassThrough(options)
     layer.__dict__[FLAG] = True
     return saved
@@ -84,10 +79,7 @@ def unmark(layer: nn.Module, saved: Saved) -> None:
     if not isinstance(layer.__dict__.get(FUNC), PassThrough):
         return
     for name, value in saved:
-        if value is _MISSING:
-            layer.__dict__.pop(name, None)
-        else:
-            layer.__dict__[name] = value
+        put_back(layer, name, value)
 
 
 def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
@@ -106,12 +98,13 @@ def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
         return []
     stacks: List[nn.Module] = []
     for path in layer_paths:
+        if not hasattr(type(model.get_submodule(path)), FLAG):
+            continue  # not a GradientCheckpointingLayer: nothing drops use_cache before gcshim
         parts = path.split(".")
         for depth in range(len(parts)):
             above = model.get_submodule(".".join(parts[:depth]))
-            if (FLAG in vars(above) or hasattr(type(above), FLAG)) and above not in stacks \
-                    and not transformers_checkpoints(above) and hasattr(type(
-                        model.get_submodule(path)), FLAG):
+            has_flag = FLAG in vars(above) or hasattr(type(above), FLAG)
+            if has_flag and above not in stacks and not transformers_checkpoints(above):
                 stacks.append(above)
     return stacks
 
@@ -120,7 +113,7 @@ def switch_off(modules: List[nn.Module]) -> Dict[nn.Module, Any]:
     """Turn transformers' own flag off on `modules` (where it is broken); returns the undo."""
     saved = {}
     for module in modules:
-        saved[module] = module.__dict__.get(FLAG, _MISSING)
+        saved[module] = take(module, FLAG)
         module.__dict__[FLAG] = False
     return saved
 
@@ -129,7 +122,4 @@ def switch_back(saved: Dict[nn.Module, Any]) -> None:
     for module, value in saved.items():
         if module.__dict__.get(FLAG) is not False:
             continue  # changed since: leave transformers' later choice alone
-        if value is _MISSING:
-            module.__dict__.pop(FLAG, None)
-        else:
-            module.__dict__[FLAG] = value
+        put_back(module, FLAG, value)

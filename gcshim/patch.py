@@ -17,11 +17,10 @@ import wrapt
 from torch import nn
 
 from . import hf_flags
+from ._attrs import ABSENT, deepcopy_taken, put_back, take
 from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions
 from .runtime import CheckpointedCall
-
-_MISSING = object()
 
 
 class CheckpointedForward(wrapt.FunctionWrapper):
@@ -31,7 +30,7 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         self,
         wrapped: Any,
         call: CheckpointedCall,
-        previous: Any = _MISSING,
+        previous: Any = ABSENT,
         owner: Optional[nn.Module] = None,
         flags: Optional[hf_flags.Saved] = None,
     ):
@@ -53,16 +52,14 @@ class CheckpointedForward(wrapt.FunctionWrapper):
 
     def __deepcopy__(self, memo: dict) -> CheckpointedForward:
         # The copied module's patch wraps the copied module's own forward.
-        previous = self._self_gcshim_previous
-        if previous is not _MISSING:
-            previous = copy.deepcopy(previous, memo)
+        previous = deepcopy_taken(self._self_gcshim_previous, memo)
         # The owner maps to its copy when the same deepcopy copied it (the usual whole-model copy).
         owner = self.owner
         owner_copy = memo.get(id(owner)) if owner is not None else None
         wrapped = copy.deepcopy(self.__wrapped__, memo)
         flags = self._self_gcshim_flags
         if flags is not None:
-            flags = [(name, hf_flags.copy_saved(value, memo)) for name, value in flags]
+            flags = [(name, deepcopy_taken(value, memo)) for name, value in flags]
         return type(self)(wrapped, self._self_wrapper, previous, owner_copy, flags)
 
     def __copy__(self) -> CheckpointedForward:
@@ -89,7 +86,7 @@ def patch(
     """Wrap `module.forward` in checkpoint logic (this instance only); flag it for transformers."""
     if patched_forward(module) is not None:
         raise RuntimeError("already patched by gcshim")
-    previous = module.__dict__.get("forward", _MISSING)
+    previous = take(module, "forward")
     original = module.forward
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
@@ -109,11 +106,7 @@ def unpatch(module: nn.Module, wrapper: Optional[CheckpointedForward] = None) ->
         return False
     if current._self_gcshim_flags is not None:
         hf_flags.unmark(module, current._self_gcshim_flags)
-    previous = current._self_gcshim_previous
-    if previous is _MISSING:
-        del module.__dict__["forward"]
-    else:
-        module.__dict__["forward"] = previous
+    put_back(module, "forward", current._self_gcshim_previous)
     return True
 
 

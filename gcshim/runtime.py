@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import tree
+from ._attrs import put_back, take
 from ._log import warn_once
 from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
@@ -31,21 +32,17 @@ def cache_policy(module: nn.Module, adapter: Adapter) -> str:
     return adapter.cache_policy
 
 
-_ABSENT = object()
 StateSnapshot = List[Tuple[nn.Module, str, Any]]
 
 
 def _snapshot(module: nn.Module, names: Tuple[str, ...]) -> StateSnapshot:
     """The current values (references) of `names` on `module` and its submodules."""
-    return [(m, name, m.__dict__.get(name, _ABSENT)) for m in module.modules() for name in names]
+    return [(m, name, take(m, name)) for m in module.modules() for name in names]
 
 
 def _restore(snapshot: StateSnapshot) -> None:
     for m, name, value in snapshot:
-        if value is _ABSENT:
-            m.__dict__.pop(name, None)
-        else:
-            m.__dict__[name] = value
+        put_back(m, name, value)
 
 
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
