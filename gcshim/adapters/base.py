@@ -270,6 +270,11 @@ class Adapter:
         return output[:slot] + (edit.passed_cache,) + output[slot:]
 
 
+def transformers_row(**fields: Any) -> Adapter:
+    """A row for layers defined in transformers, gated on the installed transformers."""
+    return Adapter(**{"module_prefix": "transformers.", "package": "transformers", **fields})
+
+
 GENERIC = Adapter(
     name="generic",
     notes="any layer: caches found by argument name, tensors flattened into checkpoint inputs",

@@ -5,9 +5,7 @@ return a tuple (h, [attn], [Cache]); from 4.55 a Tensor. ``layer_past`` families
 cache at index 1 while ``use_cache`` is on. transformers is never imported: rows hold names.
 """
 
-from .base import Adapter
-
-HF = "transformers."
+from .base import transformers_row
 
 # Layers that take `past_key_value(s)`/`cache` and append the cache to a tuple output (<4.55).
 LLAMA_STYLE = (
@@ -31,91 +29,73 @@ def _router_cache_slot(argument):
 
 
 ROWS = [
-    Adapter(
+    transformers_row(
         name="transformers Llama-style decoder layer",
         classes=LLAMA_STYLE,
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states",),
         notes="tuple outputs before 4.55 append the Cache; a Tensor from 4.55",
     ),
-    Adapter(
+    transformers_row(
         name="transformers MoE decoder layer <4.55",
         classes=ROUTER_STYLE,
-        module_prefix=HF,
-        package="transformers",
         versions="<4.55",
         cache_slot=_router_cache_slot,
         grad_args=("hidden_states",),
         notes="router logits are the last slot; the cache goes before them",
     ),
-    Adapter(
+    transformers_row(
         name="transformers MoE decoder layer",
         classes=ROUTER_STYLE,
-        module_prefix=HF,
-        package="transformers",
         versions=">=4.55",
         grad_args=("hidden_states",),
         notes="Tensor output; router logits are collected by hooks on the router",
     ),
-    Adapter(
+    transformers_row(
         name="transformers GPTBigCodeBlock 4.55-4.57",
         classes=("GPTBigCodeBlock",),
-        module_prefix=HF,
-        package="transformers",
         versions=">=4.55,<4.58",
         transformers_checkpointing="no-op",
         notes="the block is a plain nn.Module there: transformers' flag checkpoints nothing",
     ),
-    Adapter(
+    transformers_row(
         name="transformers layer_past block",
         classes=LAYER_PAST_STYLE,
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states",),
         notes="tuple outputs carry the cache at index 1 while use_cache is on",
     ),
-    Adapter(
+    transformers_row(
         name="transformers CTRL EncoderLayer",
         classes=("EncoderLayer",),
         module_prefix="transformers.models.ctrl.",
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("x",),
         notes="(h, present, [attn]): the cache at index 1",
     ),
-    Adapter(
+    transformers_row(
         name="transformers OpenAI-GPT Block",
         classes=("Block",),
         module_prefix="transformers.models.openai.",
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("x",),
     ),
-    Adapter(
+    transformers_row(
         name="transformers CpmAnt block <5",
         classes=("CpmAntTransformerBlock",),
-        module_prefix=HF,
-        package="transformers",
         versions="<5",
         cache_slot="last",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
         notes="always (h, attn, present): present is None while caching is off",
     ),
-    Adapter(
+    transformers_row(
         name="transformers decoders without transformers checkpointing",
         classes=("JetMoeDecoderLayer", "BarkBlock", "CpmAntTransformerBlock"),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
     ),
-    Adapter(
+    transformers_row(
         name="transformers RecurrentGemma layer",
         classes=("RecurrentGemmaDecoderLayer",),
-        module_prefix=HF,
-        package="transformers",
         grad_args=("activations",),
         module_state=("recurrent_states", "conv1d_state"),
         notes="the RG-LRU and its conv keep their state on the module and reassign it in every "

@@ -5,43 +5,33 @@ tuple output (4.4x), which the generic rules already do; the rows make auto disc
 record where transformers' own checkpointing is missing.
 """
 
-from .base import Adapter
-
-HF = "transformers."
+from .base import transformers_row
 
 ROWS = [
-    Adapter(
+    transformers_row(
         name="transformers BERT-style layer",
         classes=("BertLayer", "RobertaLayer", "ElectraLayer", "CamembertLayer",
                  "XLMRobertaLayer", "DebertaLayer", "DebertaV2Layer", "ErnieLayer",
                  "RoFormerLayer", "DistilBertTransformerBlock", "TransformerBlock"),
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states", "encoder_hidden_states"),
     ),
-    Adapter(
+    transformers_row(
         name="transformers ALBERT layer group",
         classes=("AlbertLayerGroup",),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
         notes="one group, shared, called once per layer: each call is checkpointed on its own",
     ),
-    Adapter(
+    transformers_row(
         name="transformers encoders without transformers checkpointing",
         classes=("MPNetLayer", "SqueezeBertModule", "FunnelLayer", "XLMLayer", "ReformerLayer"),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states",),
         notes="supports_gradient_checkpointing is False for these models",
     ),
-    Adapter(
+    transformers_row(
         name="transformers XLNet layer",
         classes=("XLNetLayer",),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("output_h", "output_g"),
         notes="two streams (content h, query g); `mems` from earlier segments are inputs only",

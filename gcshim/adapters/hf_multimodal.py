@@ -1,9 +1,7 @@
 """Rows for hybrid and multimodal transformers models: shared layers, cross-attention, caches
 the model itself needs inside the training forward."""
 
-from .base import Adapter
-
-HF = "transformers."
+from .base import Adapter, transformers_row
 
 
 def _any_layer(cls: type) -> bool:
@@ -23,20 +21,16 @@ ROWS = [
     _model_reads_its_cache(
         "transformers Dory (recurrent loops share KV through the cache)", "DoryModel",
         "with a cache, later loops read the KV states earlier loops stored in it"),
-    Adapter(
+    transformers_row(
         name="transformers Zamba hybrid layers",
         classes=("ZambaMambaDecoderLayer", "ZambaHybridLayer", "Zamba2MambaDecoderLayer",
                  "Zamba2HybridLayer"),
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states", "original_hidden_states"),
         notes="hybrid layers share one attention block; each call is checkpointed on its own",
     ),
-    Adapter(
+    transformers_row(
         name="transformers Mllama text layers",
         classes=("MllamaSelfAttentionDecoderLayer", "MllamaCrossAttentionDecoderLayer"),
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states", "cross_attention_states"),
         notes="cross-attention states carry gradients from the vision tower",
     ),

@@ -1,49 +1,39 @@
 """Rows for transformers' vision encoders, incl. those its own checkpointing misses."""
 
-from .base import Adapter
-
-HF = "transformers."
+from .base import transformers_row
 
 ROWS = [
-    Adapter(
+    transformers_row(
         name="transformers vision blocks transformers does not checkpoint",
         classes=("MllamaVisionEncoderLayer", "JanusVQVAEResnetBlock", "ClvpEncoderLayer",
                  "ClvpDecoderLayer", "GroupViTEncoderLayer"),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="no-op",
         grad_args=("hidden_state", "hidden_states"),
         notes="the model sets gradient_checkpointing on the stack but never checkpoints them",
     ),
-    Adapter(
+    transformers_row(
         name="transformers SwiftFormer block <5",
         classes=("SwiftFormerEncoderBlock", "SwiftFormerConvEncoder",
                  "SwiftFormerLocalRepresentation"),
-        module_prefix=HF,
-        package="transformers",
         versions="<5",
         transformers_checkpointing="no-op",
         grad_args=("x",),
     ),
-    Adapter(
+    transformers_row(
         name="transformers MaskFormer-Swin stage",
         classes=("MaskFormerSwinStage",),
-        module_prefix=HF,
-        package="transformers",
         versions="<5",
         transformers_checkpointing="broken",
         grad_args=("hidden_states",),
         notes="transformers' checkpoint call raises TypeError on these releases",
     ),
-    Adapter(
+    transformers_row(
         name="transformers BridgeTower layers",
         classes=("BridgeTowerBertCrossLayer", "BridgeTowerResidualAttention"),
-        module_prefix=HF,
-        package="transformers",
         transformers_checkpointing="unsupported",
         grad_args=("hidden_states", "encoder_hidden_states"),
     ),
-    Adapter(
+    transformers_row(
         name="transformers vision encoder layer",
         classes=("ViTLayer", "CLIPEncoderLayer", "SiglipEncoderLayer", "Siglip2EncoderLayer",
                  "SwinStage", "Swinv2Stage", "DonutSwinStage", "ConvNextStage", "ConvNextV2Stage",
@@ -52,8 +42,6 @@ ROWS = [
                  # transformers' own works for these from 5.0 (narrower rows above before)
                  "MaskFormerSwinStage", "SwiftFormerEncoderBlock", "SwiftFormerConvEncoder",
                  "SwiftFormerLocalRepresentation"),
-        module_prefix=HF,
-        package="transformers",
         grad_args=("hidden_states",),
         notes="no cache; PVTv2 blocks may get inputs that need no grad (reentrant anchor)",
     ),
