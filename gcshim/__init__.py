@@ -6,6 +6,7 @@ from .api import Handle, applied, apply, is_applied, remove, report
 from .checkpoint import supported_options
 from .errors import GcshimWarning, UnsupportedOptionError
 from .report import LayerReport, Report
+from .side_effects import is_recomputing
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,7 @@ __all__ = [
     "applied",
     "apply",
     "is_applied",
+    "is_recomputing",
     "register_adapter",
     "remove",
     "report",

@@ -7,8 +7,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
-from . import tree
-from ._attrs import put_back, take
+from . import side_effects, tree
 from ._log import warn_once
 from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
@@ -30,19 +29,6 @@ def cache_policy(module: nn.Module, adapter: Adapter) -> str:
     if getattr(type(module), "_can_checkpoint_with_cache", False) is True:
         return "keep"
     return adapter.cache_policy
-
-
-StateSnapshot = List[Tuple[nn.Module, str, Any]]
-
-
-def _snapshot(module: nn.Module, names: Tuple[str, ...]) -> StateSnapshot:
-    """The current values (references) of `names` on `module` and its submodules."""
-    return [(m, name, take(m, name)) for m in module.modules() for name in names]
-
-
-def _restore(snapshot: StateSnapshot) -> None:
-    for m, name, value in snapshot:
-        put_back(m, name, value)
 
 
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
@@ -111,21 +97,20 @@ class CheckpointedCall:
         count = len(tensors)
         output_skeleton = []
         state_names = self.adapter.module_state
-        state_before = _snapshot(module, state_names) if state_names else []
-        runs = []
+        state_before = side_effects.snapshot_state(module, state_names) if state_names else []
+        first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
 
         def run(*flat: torch.Tensor) -> Any:
             call_args, call_kwargs = tree.unflatten(skeleton, flat[:count])
-            runs.append(None)
-            if len(runs) > 1 and state_before:  # the recompute: replay from the same state
-                state_after = _snapshot(module, state_names)
-                _restore(state_before)
-                try:
-                    output = wrapped(*call_args, **call_kwargs)
-                finally:
-                    _restore(state_after)
-            else:
+            if not first_forward:
+                watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
+                first_forward.append(side_effects.changed_buffers(watched))
+            else:
+                with side_effects.recomputing(), \
+                        side_effects.buffers_kept(first_forward[0]), \
+                        side_effects.state_replayed(module, state_names, state_before):
+                    output = wrapped(*call_args, **call_kwargs)
             if not reentrant:
                 return output
             # Reentrant checkpoint only connects top-level tensor outputs to autograd.

@@ -1,0 +1,177 @@
+"""Running forward twice (the recompute) changes nothing an un-checkpointed step would not."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import gcshim
+
+MODES = [False, True]
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return x + torch.relu(self.norm(self.conv(x)))
+
+
+class EmaBlock(nn.Module):
+    """Updates a buffer in place and reassigns another in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.register_buffer("ema", torch.zeros(8))
+        self.register_buffer("last_input_norm", torch.zeros(()))
+
+    def forward(self, x):
+        with torch.no_grad():
+            self.ema.mul_(0.9).add_(x.mean(0), alpha=0.1)
+            self.last_input_norm = x.norm().detach()
+        return torch.tanh(self.lin(x))
+
+
+def _step(model, x):
+    model(x).pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_batchnorm_running_stats_equal_the_uncheckpointed_step(reentrant):
+    model = nn.Sequential(*[ConvBlock() for _ in range(3)])
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 4, 6, 6)
+    gcshim.apply(model, use_reentrant=reentrant)
+    for _ in range(2):
+        _step(reference, x)
+        _step(model, x)
+    for (name, ours), theirs in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(ours, theirs, msg=name, rtol=0, atol=0)
+    assert int(model[0].norm.num_batches_tracked) == 2
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_buffers_updated_or_reassigned_in_forward_change_once(reentrant):
+    model = nn.Sequential(EmaBlock(), EmaBlock())
+    reference = copy.deepcopy(model)
+    x = torch.randn(4, 8)
+    gcshim.apply(model, use_reentrant=reentrant)
+    _step(reference, x)
+    _step(model, x)
+    for (name, ours), theirs in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(ours, theirs, msg=name, rtol=0, atol=0)
+
+
+def test_without_the_guard_the_recompute_would_update_twice(monkeypatch):
+    """The guard is what keeps the stats right: switched off, they come out different."""
+    from gcshim import side_effects
+
+    monkeypatch.setattr(side_effects, "changed_buffers", lambda watched: [])
+    model = nn.Sequential(ConvBlock(), ConvBlock())
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 4, 6, 6)
+    gcshim.apply(model)
+    _step(reference, x)
+    _step(model, x)
+    assert int(model[0].norm.num_batches_tracked) == 2
+    assert not torch.equal(model[0].norm.running_mean, reference[0].norm.running_mean)
+
+
+class RecordingBlock(nn.Module):
+    def __init__(self, seen):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(gcshim.is_recomputing())
+        return self.lin(x).relu()
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_is_recomputing_is_true_only_in_the_recompute(reentrant):
+    seen = []
+    model = nn.Sequential(RecordingBlock(seen), RecordingBlock(seen))
+    gcshim.apply(model, use_reentrant=reentrant)
+    assert not gcshim.is_recomputing()
+    out = model(torch.randn(3, 8, requires_grad=True))
+    assert seen == [False, False]
+    out.sum().backward()
+    assert seen == [False, False, True, True]
+    assert not gcshim.is_recomputing()
+    model.eval()
+    model(torch.randn(3, 8))
+    assert seen[-2:] == [False, False]
+
+
+def test_is_recomputing_resets_when_the_recompute_raises():
+    class FailsOnRecompute(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if gcshim.is_recomputing():
+                raise RuntimeError("boom in recompute")
+            return self.lin(x)
+
+    model = nn.Sequential(FailsOnRecompute(), FailsOnRecompute())
+    gcshim.apply(model)
+    out = model(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="boom in recompute"):
+        out.sum().backward()
+    assert not gcshim.is_recomputing()
+
+
+class KeywordDropoutBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x, *, residual):
+        return residual + self.drop(self.lin(x))
+
+
+def _dropout_grads(device, reentrant):
+    torch.manual_seed(3)
+    model = nn.ModuleList([KeywordDropoutBlock() for _ in range(3)]).to(device)
+    reference = copy.deepcopy(model)
+
+    def run(m):
+        torch.manual_seed(11)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(11)
+        x = torch.randn(8, 16, device=device, requires_grad=True)
+        out = x
+        for block in m:
+            out = block(out, residual=out)
+        out.pow(2).sum().backward()
+        return x.grad
+
+    ref_grad = run(reference)
+    gcshim.apply(model, layers=KeywordDropoutBlock, use_reentrant=reentrant)
+    grad = run(model)
+    torch.testing.assert_close(grad, ref_grad)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+@pytest.mark.parametrize("reentrant", MODES)
+def test_dropout_with_tensors_by_keyword_matches_on_cpu(reentrant):
+    _dropout_grads(torch.device("cpu"), reentrant)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("reentrant", MODES)
+def test_dropout_with_tensors_by_keyword_matches_on_cuda(reentrant):
+    # Reentrant checkpoint stashes device RNG state only for the devices of its positional
+    # tensors; gcshim passes keyword tensors positionally, so the CUDA masks replay too.
+    _dropout_grads(torch.device("cuda"), reentrant)
