@@ -208,8 +208,9 @@ def _outermost_matches(
 ) -> List[Tuple[str, nn.Module]]:
     """Modules (never the root) that a matcher accepts, skipping those inside a match."""
     matches: List[Tuple[str, nn.Module]] = []
+    inside = None  # "<path of the latest match>."; named_modules lists a subtree contiguously
     for path, module in list(model.named_modules())[1:]:
-        if any(path.startswith(outer + ".") for outer, _ in matches):
+        if inside is not None and path.startswith(inside):
             continue
         for matcher in matchers:
             try:
@@ -220,6 +221,7 @@ def _outermost_matches(
                 raise
             if accepted:
                 matches.append((path, module))
+                inside = path + "."
                 break
     return matches
 

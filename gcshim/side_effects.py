@@ -27,13 +27,24 @@ def is_recomputing() -> bool:
     return getattr(_local, "depth", 0) > 0
 
 
-@contextlib.contextmanager
-def recomputing() -> Iterator[None]:
-    _local.depth = getattr(_local, "depth", 0) + 1
-    try:
-        yield
-    finally:
+class _Recomputing:
+    """`with recomputing():` marks this thread as inside a recompute (a plain class: it runs
+    on every recompute, and generator context managers cost more)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _local.depth = getattr(_local, "depth", 0) + 1
+
+    def __exit__(self, *exc: Any) -> None:
         _local.depth -= 1
+
+
+_RECOMPUTING = _Recomputing()
+
+
+def recomputing() -> _Recomputing:
+    return _RECOMPUTING
 
 
 # -- buffers --------------------------------------------------------------------------------

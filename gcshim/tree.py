@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -46,6 +46,31 @@ def _map_leaves(node: Any, leaf: Callable[[Any], Any]) -> Any:
         }
         return dataclasses.replace(node, **changes)
     return leaf(node)
+
+
+class _Call:
+    """The skeleton of a call whose arguments are all positional tensors (the fast path)."""
+
+    __slots__ = ()
+
+
+_TENSORS_ONLY = _Call()
+
+
+def flatten_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[List[torch.Tensor], Any]:
+    """`flatten((args, kwargs))`, quicker for the most common call: tensors, by position."""
+    if not kwargs and all(type(arg) is torch.Tensor or type(arg) is torch.nn.Parameter
+                          for arg in args):
+        return list(args), _TENSORS_ONLY
+    return flatten((args, kwargs))
+
+
+def unflatten_call(skeleton: Any, tensors: Sequence[torch.Tensor]
+                   ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """The (args, kwargs) that `flatten_call` took apart."""
+    if skeleton is _TENSORS_ONLY:
+        return tuple(tensors), {}
+    return unflatten(skeleton, tensors)
 
 
 def flatten(obj: Any) -> Tuple[List[torch.Tensor], Any]:

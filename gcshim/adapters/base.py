@@ -45,8 +45,17 @@ class Signature:
 
     @classmethod
     def of(cls, function: Callable[..., Any]) -> Signature:
+        # A bound method's signature is its function's without `self`; computed once per
+        # function (apply on a 1,000-layer model would otherwise parse it 1,000 times).
+        underlying = getattr(function, "__func__", None)
+        if inspect.isfunction(underlying) and getattr(function, "__self__", None) is not None:
+            return _method_signature(underlying)
+        return cls._parse(function, skip=0)
+
+    @classmethod
+    def _parse(cls, function: Callable[..., Any], skip: int) -> Signature:
         try:
-            params = inspect.signature(function).parameters.values()
+            params = list(inspect.signature(function).parameters.values())[skip:]
         except (TypeError, ValueError):  # builtins, odd callables: keywords only
             return cls({}, {})
         positions: Dict[str, int] = {}
@@ -68,6 +77,11 @@ class Signature:
         if index is not None and index < len(args):
             return index, args[index]
         return None, self.defaults.get(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _method_signature(function: Callable[..., Any]) -> Signature:
+    return Signature._parse(function, skip=1)
 
 
 def returns_cache(layer_type: type) -> bool:
@@ -182,8 +196,8 @@ class Adapter:
         version = installed_version(self.package)
         return version is not None and self._specifier.contains(version, prereleases=True)
 
-    def matches(self, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
-        """Whether this row covers layers of class `cls` (or of a subclass of a named class).
+    def covers(self, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
+        """Whether this row names `cls` (or a base class of it), whatever is installed.
 
         ancestors: class names of the modules the layer sits in (for `within` rows).
         """
@@ -191,6 +205,17 @@ class Adapter:
             return True
         if self.within and not set(self.within).intersection(ancestors):
             return False
+        if self.predicate is not None:
+            return bool(self.predicate(cls))
+        return any(
+            klass.__name__ in self.classes
+            and (self.module_prefix is None or klass.__module__.startswith(self.module_prefix))
+            for klass in cls.__mro__
+        )
+
+    def matches(self, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
+        """Whether this row covers layers of class `cls` on the installed versions."""
+        return self.covers(cls, ancestors) and self.holds_for_installed_version()
         if self.predicate is not None:
             return bool(self.predicate(cls)) and self.holds_for_installed_version()
         for klass in cls.__mro__:
@@ -210,6 +235,10 @@ class Adapter:
         self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
         """Return args/kwargs with caches off, and what was changed (None if nothing)."""
+        names = (*self.cache_args, self.cache_flag) if self.cache_flag else self.cache_args
+        if not any(name in kwargs or name in signature.positions or name in signature.defaults
+                   for name in names):
+            return args, kwargs, None  # the common case, on every call: nothing to look at
 
         def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
             return signature.locate(name, args, kwargs)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import List, Tuple
+import weakref
+from typing import Dict, List, Tuple
 
 from torch import nn
 
@@ -32,6 +33,10 @@ _BUILTIN: List[Adapter] = [
 ]
 _user_rows: List[Adapter] = []
 _lock = threading.Lock()
+# class -> ancestors -> the rows that name it: lookups are per layer instance, and the rows
+# change only on (un)register (the version gate is checked on each lookup)
+_covering: weakref.WeakKeyDictionary[type, Dict[Tuple[str, ...], List[Adapter]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -42,6 +47,7 @@ def register_adapter(adapter: Adapter) -> Adapter:
         raise ValueError(f"adapter {adapter.name!r} names no layer classes")
     with _lock:
         _user_rows.insert(0, adapter)
+        _covering.clear()
     return adapter
 
 
@@ -50,6 +56,7 @@ def unregister_adapter(adapter: Adapter) -> None:
     with _lock:
         if adapter in _user_rows:
             _user_rows.remove(adapter)
+            _covering.clear()
 
 
 def adapter_rows() -> List[Adapter]:
@@ -64,16 +71,16 @@ def find_adapter(module: nn.Module, ancestors: Tuple[str, ...] = ()) -> Adapter:
     ancestors: class names of the modules `module` sits in (rows may hold only inside some).
     """
     cls = type(module)
-    for row in adapter_rows():
-        if row.matches(cls, ancestors):
-            return row
-    return GENERIC
+    with _lock:
+        rows = _covering.get(cls, {}).get(ancestors)
+    if rows is None:
+        rows = [row for row in adapter_rows() if row.covers(cls, ancestors)]
+        with _lock:
+            _covering.setdefault(cls, {})[ancestors] = rows
+    return next((row for row in rows if row.holds_for_installed_version()), GENERIC)
 
 
 def has_specific_adapter(module: nn.Module) -> bool:
     """Whether the first table row that names this module's class has `auto=True`."""
-    cls = type(module)
-    for row in adapter_rows():
-        if not row.within and row.matches(cls):
-            return row.auto
-    return False
+    row = find_adapter(module)
+    return row.auto and not row.is_generic
