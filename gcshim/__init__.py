@@ -1,10 +1,12 @@
 """gcshim: gradient (activation) checkpointing for any PyTorch model at runtime, and out again."""
 
+from . import sac
 from ._log import reset_notices
 from .adapters import Adapter, register_adapter, unregister_adapter
-from .api import Handle, applied, apply, is_applied, remove, report
+from .api import Handle, applied, apply, is_applied, plan, remove, report
 from .checkpoint import supported_options
-from .errors import GcshimWarning, UnsupportedOptionError
+from .errors import BudgetError, GcshimWarning, UnsupportedOptionError
+from .planner import Plan
 from .report import LayerReport, Report
 from .side_effects import is_recomputing
 
@@ -12,9 +14,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Adapter",
+    "BudgetError",
     "GcshimWarning",
     "Handle",
     "LayerReport",
+    "Plan",
     "Report",
     "UnsupportedOptionError",
     "__version__",
@@ -22,10 +26,12 @@ __all__ = [
     "apply",
     "is_applied",
     "is_recomputing",
+    "plan",
     "register_adapter",
     "remove",
     "report",
     "reset_notices",
+    "sac",
     "supported_options",
     "unregister_adapter",
 ]

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import weakref
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
-from . import hf_flags
+from . import hf_flags, policy
 from . import patch as _patch
 from ._log import logger, notice_once
 from .adapters import find_adapter
-from .checkpoint import make_options
+from .checkpoint import CheckpointOptions, make_options
+from .memory import parse_bytes
+from .offload import Offloader
+from .planner import Plan, make_plan
+from .profile import ExampleInputs, training_step
 from .report import LayerReport, Report
-from .select import LayerSpec, ancestor_classes, annotate, select
+from .select import LayerSpec, Selection, ancestor_classes, annotate, select
 
 # root model -> the Handle of the apply that patched it (weak: never keeps a model alive)
 _handles: weakref.WeakKeyDictionary[nn.Module, Handle] = weakref.WeakKeyDictionary()
@@ -43,6 +49,8 @@ class Handle:
         self._switched_off = switched_off or {}
         # stacks flagged with the layers (transformers 4.53-4.x): (module, what mark saved)
         self._marked_stacks = marked_stacks or []
+        # the budget plan that chose the layers (apply(budget=...)), else None
+        self.plan: Optional[Plan] = None
 
     @property
     def model(self) -> Optional[nn.Module]:
@@ -126,6 +134,12 @@ def apply(
     *,
     use_reentrant: bool = False,
     preserve_rng_state: bool = True,
+    every: Optional[int] = None,
+    first: Optional[int] = None,
+    last: Optional[int] = None,
+    budget: Union[int, str, None] = None,
+    example_inputs: Optional[ExampleInputs] = None,
+    offload: bool = False,
     **checkpoint_options: Any,
 ) -> Handle:
     """Checkpoint the chosen layers of `model` in place; returns a Handle to undo it.
@@ -133,11 +147,17 @@ def apply(
     layers: "auto" (adapter table, then transformers' _no_split_modules, then repeated blocks
         of a ModuleList/Sequential), a class or tuple/list of classes, a class-name glob such
         as "*DecoderLayer", a callable (name, module) -> bool, or a list mixing these.
+    every, first, last: of the selected layers (in forward order), checkpoint only the first
+        or last k, and of those every n-th.
+    budget: bytes (or "12GiB") one training step may allocate; gcshim measures a step on
+        `example_inputs` and checkpoints the fewest layers that fit (see `gcshim.plan`).
+    offload: keep checkpointed layers' inputs in pinned CPU memory until backward (CUDA).
     use_reentrant, preserve_rng_state, and the other options of torch.utils.checkpoint that
         the installed torch has (context_fn, determinism_check, debug, early_stop, ...).
     """
     _check_model(model)
     options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
+    budget_bytes = _check_policy(every, first, last, budget, example_inputs, offload)
     with _lock:
         if _applied_to(model):
             notice_once(
@@ -147,29 +167,124 @@ def apply(
             )
             return _handles.get(model) or _handle_from_tree(model)
         selection = select(model, layers)
-        patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]] = []
-        current = ""
-        try:
-            for current, module in selection.chosen:
-                adapter = find_adapter(module, ancestor_classes(model, current))
-                wrapper = _patch.patch(module, adapter, options, model)
-                patched.append((current, module, wrapper))
-        except BaseException as error:
-            for _path, module, wrapper in reversed(patched):
-                _patch.unpatch(module, wrapper)
-            if isinstance(error, Exception):
-                annotate(error, f"gcshim: could not patch {current!r}")
-            raise
-        for path, _module, why in selection.skipped:
-            logger.info("gcshim: %s left alone: %s", path, why)
-        switched_off = hf_flags.switch_off(selection.switch_off)
-        flagged = [path for path, _m, wrapper in patched if wrapper._self_gcshim_flags is not None]
-        stacks = hf_flags.stacks_to_mark(model, flagged)
-        marked_stacks = [(stack, hf_flags.mark(stack, options)) for stack in stacks]
-        handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
-                        marked_stacks)
-        _handles[model] = handle
+        chosen_plan = None
+        if budget_bytes is not None:
+            chosen_plan = _plan(model, selection, options, offload, example_inputs, budget_bytes)
+            selection = policy.narrow(selection, chosen_plan.checkpoint,
+                                      "not needed to fit the budget")
+        elif (every, first, last) != (None, None, None):
+            paths = [path for path, _module in selection.chosen]
+            selection = policy.narrow(selection, policy.uniform(paths, every, first, last),
+                                      "left out by " + policy.describe(every, first, last))
+        handle = _apply_selection(model, selection, options, offload)
+        handle.plan = chosen_plan
         return handle
+
+
+def plan(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    budget: Union[int, str],
+    layers: LayerSpec = "auto",
+    *,
+    use_reentrant: bool = False,
+    preserve_rng_state: bool = True,
+    offload: bool = False,
+    **checkpoint_options: Any,
+) -> Plan:
+    """The layers `apply(model, budget=..., example_inputs=...)` would checkpoint, with the
+    measurements behind the choice; nothing stays applied. Raises BudgetError (with the
+    numbers) when even checkpointing every layer does not fit."""
+    _check_model(model)
+    options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
+    budget_bytes = _check_policy(None, None, None, budget, example_inputs, offload)
+    with _lock:
+        if _applied_to(model):
+            raise RuntimeError(f"gcshim: {type(model).__name__} is already applied; call "
+                               "remove() before planning it")
+        selection = select(model, layers)
+        return _plan(model, selection, options, offload, example_inputs, budget_bytes)
+
+
+def _check_policy(every: Any, first: Any, last: Any, budget: Any, example_inputs: Any,
+                  offload: Any) -> Optional[int]:
+    """Validate the policy options before anything is touched; the budget in bytes."""
+    policy.check_uniform(every, first, last, budget)
+    if not isinstance(offload, bool):
+        raise TypeError(f"offload must be a bool, got {offload!r}")
+    if budget is None:
+        if example_inputs is not None:
+            raise ValueError("example_inputs= is only used with budget=")
+        return None
+    if example_inputs is None:
+        raise ValueError("budget= needs example_inputs= (the inputs of one training step, "
+                         "a dict of keyword arguments, or a callable running forward and "
+                         "backward) to measure the model")
+    return parse_bytes(budget)
+
+
+def _plan(model: nn.Module, selection: Selection, options: CheckpointOptions, offload: bool,
+          example_inputs: ExampleInputs, budget: int) -> Plan:
+    if not model.training:
+        raise RuntimeError("gcshim: planning a budget needs the model in training mode "
+                           "(model.train()); checkpointing only runs in training")
+    step = training_step(model, example_inputs)
+
+    @contextlib.contextmanager
+    def applied_to(paths: Sequence[str]) -> Iterator[None]:
+        if not paths:
+            yield
+            return
+        subset = policy.narrow(selection, paths, "planning")
+        handle = _apply_selection(model, subset, options, offload)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    return make_plan(model, selection.chosen, step, budget, applied_to)
+
+
+def _offloader(offload: bool) -> Optional[Offloader]:
+    if not offload:
+        return None
+    if not torch.cuda.is_available():
+        notice_once("offload-cpu", "gcshim: offload=True does nothing without a CUDA device; "
+                    "checkpointing runs as usual", logging.INFO)
+        return None
+    return Offloader()
+
+
+def _apply_selection(model: nn.Module, selection: Selection, options: CheckpointOptions,
+                     offload: bool) -> Handle:
+    """Patch the chosen layers (all or nothing) and set transformers' flags to match."""
+    offloader = _offloader(offload)
+    last_path = selection.chosen[-1][0] if selection.chosen else None
+    patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]] = []
+    current = ""
+    try:
+        for current, module in selection.chosen:
+            adapter = find_adapter(module, ancestor_classes(model, current))
+            # backward needs the last layer's inputs first: they stay on the device
+            layer_offloader = offloader if current != last_path else None
+            wrapper = _patch.patch(module, adapter, options, model, layer_offloader)
+            patched.append((current, module, wrapper))
+    except BaseException as error:
+        for _path, module, wrapper in reversed(patched):
+            _patch.unpatch(module, wrapper)
+        if isinstance(error, Exception):
+            annotate(error, f"gcshim: could not patch {current!r}")
+        raise
+    for path, _module, why in selection.skipped:
+        logger.info("gcshim: %s left alone: %s", path, why)
+    switched_off = hf_flags.switch_off(selection.switch_off)
+    flagged = [path for path, _m, wrapper in patched if wrapper._self_gcshim_flags is not None]
+    stacks = hf_flags.stacks_to_mark(model, flagged)
+    marked_stacks = [(stack, hf_flags.mark(stack, options)) for stack in stacks]
+    handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
+                    marked_stacks)
+    _handles[model] = handle
+    return handle
 
 
 def _handle_from_tree(model: nn.Module) -> Handle:

@@ -7,3 +7,11 @@ class GcshimWarning(UserWarning):
 
 class UnsupportedOptionError(TypeError):
     """A checkpoint option that the installed torch does not have."""
+
+
+class BudgetError(ValueError):
+    """A memory budget that no plan can meet; `.plan` holds the measurements."""
+
+    def __init__(self, message: str, plan: object = None) -> None:
+        super().__init__(message)
+        self.plan = plan

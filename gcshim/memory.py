@@ -7,7 +7,8 @@ inside it (backward included); it is deterministic, unlike the process RSS.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+import re
+from typing import Any, Callable, Dict, Tuple, Union
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
@@ -72,3 +73,38 @@ def peak_bytes(work: Callable[[], Any], device: torch.device) -> int:
     with LiveTensorTracker() as tracker:
         work()
     return tracker.peak
+
+
+# -- byte sizes as people write them ------------------------------------------------------
+_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*")
+
+
+def parse_bytes(value: Union[int, float, str]) -> int:
+    """Bytes from an int, or a string such as "12GiB", "1.5 GB", "800MiB", "4096"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"budget must be bytes (int) or a string like '12GiB', got "
+                        f"{type(value).__name__}")
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS and unit != "":
+            raise ValueError(f"budget {value!r} is not a size; write it like '12GiB', "
+                             f"'1.5GB' or '800MiB' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+        value = float(match.group(1)) * _UNITS[unit or "b"]
+    if value != value or value in (float("inf"), float("-inf")) or value <= 0:
+        raise ValueError(f"budget must be a positive size, got {value!r}")
+    return int(value)
+
+
+def format_bytes(count: float) -> str:
+    """1536 -> '1.50 KiB'; for plans and reports."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} GiB"

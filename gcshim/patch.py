@@ -20,6 +20,7 @@ from . import hf_flags
 from ._attrs import ABSENT, deepcopy_taken, put_back, take
 from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions
+from .offload import Offloader
 from .runtime import CheckpointedCall
 
 
@@ -81,7 +82,11 @@ def patched_forward(module: nn.Module) -> Optional[CheckpointedForward]:
 
 
 def patch(
-    module: nn.Module, adapter: Adapter, options: CheckpointOptions, owner: nn.Module
+    module: nn.Module,
+    adapter: Adapter,
+    options: CheckpointOptions,
+    owner: nn.Module,
+    offloader: Optional[Offloader] = None,
 ) -> CheckpointedForward:
     """Wrap `module.forward` in checkpoint logic (this instance only); flag it for transformers."""
     if patched_forward(module) is not None:
@@ -90,7 +95,7 @@ def patch(
     original = module.forward
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
-    call = CheckpointedCall(adapter, options, Signature.of(original))
+    call = CheckpointedCall(adapter, options, Signature.of(original), offloader)
     # transformers' own layer branch would null a cache the row says must stay: no flag there
     marked = adapter.cache_policy == "neutralise" and hf_flags.should_mark(module, owner)
     flags = hf_flags.mark(module, options) if marked else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
 from .checkpoint import CheckpointOptions, checkpoint
 from .hf_flags import transformers_checkpoints
+from .offload import Offloader
 
 
 def should_checkpoint(module: nn.Module, adapter: Adapter) -> bool:
@@ -41,12 +42,14 @@ def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
-    __slots__ = ("adapter", "options", "signature")
+    __slots__ = ("adapter", "options", "signature", "offloader")
 
-    def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature):
+    def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
+                 offloader: Optional[Offloader] = None):
         self.adapter = adapter
         self.options = options
         self.signature = signature
+        self.offloader = offloader
 
     def __call__(
         self,
@@ -89,7 +92,7 @@ class CheckpointedCall:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Any:
-        tensors, skeleton = tree.flatten((args, kwargs))
+        tensors, skeleton = tree.flatten_call(args, kwargs)
         input_needs, anything_needs = _needs_grad(module, tensors)
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
@@ -101,11 +104,14 @@ class CheckpointedCall:
         first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
 
         def run(*flat: torch.Tensor) -> Any:
-            call_args, call_kwargs = tree.unflatten(skeleton, flat[:count])
+            call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
             if not first_forward:
                 watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
                 first_forward.append(side_effects.changed_buffers(watched))
+            elif not first_forward[0] and not state_before:
+                with side_effects.recomputing():
+                    output = wrapped(*call_args, **call_kwargs)
             else:
                 with side_effects.recomputing(), \
                         side_effects.buffers_kept(first_forward[0]), \
@@ -123,7 +129,11 @@ class CheckpointedCall:
             # reentrant output would not require grad and the layer's parameters would get
             # none. An unused leaf that requires grad connects it.
             tensors = [*tensors, torch.zeros((), requires_grad=True)]
-        output = checkpoint(run, tensors, self.options)
+        if self.offloader is None:
+            output = checkpoint(run, tensors, self.options)
+        else:
+            with self.offloader.moving_saved_inputs():
+                output = checkpoint(run, tensors, self.options)
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output

@@ -1,0 +1,348 @@
+"""gcshim against the anchors, in one process, on the same model and batch.
+
+Conditions: no checkpointing; transformers' own (gradient_checkpointing_enable, non-reentrant);
+torch's apply_activation_checkpointing (non-reentrant checkpoint_wrapper on the decoder
+layers); gcshim with every layer, every 2nd/3rd/4th, a budget halfway between none and all,
+and offload. Each condition has its own copy of the model; step times are taken round-robin
+(one step of each condition per round) so drift hits all of them alike, and reported as
+medians. Peak memory is measured on a separate step: the CUDA allocator, or on CPU a
+live-tensor tracker (deterministic, unlike RSS).
+
+    python benchmarks/bench.py                 # sized to the device: small on CPU, ~1B on CUDA
+    python benchmarks/bench.py --size small --rounds 5
+
+Writes benchmarks/results/<device>.md and a frontier picture per model beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+import gcshim
+from gcshim.frontier import draw_frontier
+from gcshim.memory import format_bytes, peak_bytes
+
+RESULTS = Path(__file__).parent / "results"
+
+# (hidden, layers, heads, intermediate, vocab, batch, sequence)
+SIZES = {
+    "small": (256, 8, 4, 704, 2048, 4, 256),
+    "1b": (2048, 24, 16, 5504, 32000, 4, 2048),
+}
+
+
+def build(kind: str, size: str, device: torch.device, dtype: torch.dtype
+          ) -> Tuple[nn.Module, type, Dict[str, torch.Tensor]]:
+    """A Llama-style or GPT-2-style causal LM, its decoder layer class, and one batch."""
+    hidden, layers, heads, inter, vocab, batch, seq = SIZES[size]
+    torch.manual_seed(0)
+    if kind == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads,
+                             intermediate_size=inter, vocab_size=vocab,
+                             max_position_embeddings=seq, use_cache=False)
+        model, layer = LlamaForCausalLM(config), LlamaDecoderLayer
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=4 * hidden,
+                            vocab_size=vocab, n_positions=seq, use_cache=False,
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model, layer = GPT2LMHeadModel(config), GPT2Block
+    config._attn_implementation = "sdpa"
+    model = model.to(device=device, dtype=dtype).train()
+    ids = torch.randint(0, vocab, (batch, seq), device=device)
+    return model, layer, {"input_ids": ids, "labels": ids, "use_cache": False}
+
+
+def _step(model: nn.Module, batch: Dict[str, torch.Tensor]) -> None:
+    model(**batch).loss.backward()
+    for p in model.parameters():
+        p.grad = None
+
+
+@dataclass
+class Row:
+    label: str
+    layers: int
+    peak: int
+    seconds: float = 0.0
+    anchor: bool = False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _checkpointed_by_torch(model: nn.Module, layer: type) -> int:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrapper,
+                                   check_fn=lambda m: isinstance(m, layer))
+    return sum(type(m).__name__ == "CheckpointWrapper" for m in model.modules())
+
+
+def conditions(base: nn.Module, layer: type, batch: Dict[str, torch.Tensor],
+               device: torch.device) -> Tuple[Dict[str, nn.Module], Dict[str, Row], str]:
+    """A model copy per condition, set up, with its layer count and measured peak."""
+    copies: Dict[str, nn.Module] = {}
+    rows: Dict[str, Row] = {}
+    total = sum(isinstance(m, layer) for m in base.modules())
+
+    def add(label: str, model: nn.Module, layers: int, anchor: bool = False) -> None:
+        _step(model, batch)  # warm-up (lazy init, allocator)
+        peak = peak_bytes(lambda: _step(model, batch), device)
+        copies[label] = model
+        rows[label] = Row(label, layers, peak, anchor=anchor)
+
+    add("none", copy.deepcopy(base), 0, anchor=True)
+    own = copy.deepcopy(base)
+    own.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    add("transformers", own, total, anchor=True)
+    wrapped = copy.deepcopy(base)
+    add("torch AC", wrapped, _checkpointed_by_torch(wrapped, layer), anchor=True)
+    for label, options in [("gcshim all", {}), ("gcshim every=2", {"every": 2}),
+                           ("gcshim every=3", {"every": 3}), ("gcshim every=4", {"every": 4})]:
+        model = copy.deepcopy(base)
+        handle = gcshim.apply(model, **options)
+        add(label, model, len(handle.layers))
+    budget = (rows["none"].peak + rows["gcshim all"].peak) // 2
+    model = copy.deepcopy(base)
+    handle = gcshim.apply(model, budget=budget, example_inputs=batch)
+    add("gcshim budget", model, len(handle.layers))
+    model = copy.deepcopy(base)
+    handle = gcshim.apply(model, offload=True)
+    add("gcshim offload", model, len(handle.layers))
+    return copies, rows, format_bytes(budget) + f" ({budget} bytes)"
+
+
+def round_robin(copies: Dict[str, nn.Module], rows: Dict[str, Row],
+                batch: Dict[str, torch.Tensor], device: torch.device, rounds: int) -> None:
+    times: Dict[str, List[float]] = {label: [] for label in copies}
+    for _ in range(rounds):
+        for label, model in copies.items():
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, batch)
+            _sync(device)
+            times[label].append(time.perf_counter() - start)
+    for label, samples in times.items():
+        rows[label].seconds = statistics.median(samples)
+
+
+# -- microbenchmarks (CPU, tiny layers) -----------------------------------------------------
+def _median_seconds(work: Callable[[], None], repeats: int = 7) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def wrapper_overhead_us(calls: int = 2000) -> Tuple[float, float, float]:
+    """Forward+backward of one tiny checkpointed layer: plain torch checkpoint call vs a
+    gcshim-patched layer. Returns (plain us, gcshim us, overhead us) per call."""
+    from torch.utils.checkpoint import checkpoint
+
+    layer = nn.Linear(8, 8)
+    x = torch.randn(2, 8, requires_grad=True)
+
+    def plain() -> None:
+        for _ in range(calls):
+            checkpoint(layer, x, use_reentrant=False).sum().backward()
+
+    holder = nn.Sequential(layer)
+    gcshim.apply(holder, layers=nn.Linear)
+
+    def patched() -> None:
+        for _ in range(calls):
+            layer(x).sum().backward()
+
+    samples: Dict[str, List[float]] = {"plain": [], "patched": []}
+    plain()  # warm-up
+    patched()
+    for _ in range(9):  # interleaved, so drift hits both alike
+        for label, work in (("plain", plain), ("patched", patched)):
+            start = time.perf_counter()
+            work()
+            samples[label].append((time.perf_counter() - start) / calls * 1e6)
+    plain_s = statistics.median(samples["plain"])
+    patched_s = statistics.median(samples["patched"])
+    gcshim.remove(holder)
+    return plain_s, patched_s, patched_s - plain_s
+
+
+def apply_remove_ms(layers: int = 1000) -> float:
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    model = nn.Sequential(*[Tiny() for _ in range(layers)])
+
+    def cycle() -> None:
+        gcshim.apply(model).remove()
+
+    cycle()
+    return _median_seconds(cycle) * 1e3
+
+
+# -- report ---------------------------------------------------------------------------------
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.3f}" if b else "n/a"
+
+
+def _check(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def model_section(kind: str, rows: Dict[str, Row], budget: str, device: torch.device,
+                  picture: str) -> List[str]:
+    own, full = rows["transformers"], rows["gcshim all"]
+    lines = [f"## {kind}", "", f"Budget for `gcshim budget`: {budget}, halfway between the "
+             "peaks of none and gcshim all.", "",
+             "| condition | layers checkpointed | peak | median step | peak / none | "
+             "peak / transformers | step / transformers |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows.values():
+        lines.append(
+            f"| {row.label}{' (anchor)' if row.anchor else ''} | {row.layers} | "
+            f"{format_bytes(row.peak)} | {row.seconds * 1e3:.1f} ms | "
+            f"{_ratio(row.peak, rows['none'].peak)} | {_ratio(row.peak, own.peak)} | "
+            f"{_ratio(row.seconds, own.seconds)} |")
+    budget_row = rows["gcshim budget"]
+    budget_bytes = int(budget.split("(")[1].split()[0])
+    uniform = [r for r in rows.values() if r.label.startswith("gcshim every=")
+               or r.label == "gcshim all"]
+    fitting = [r for r in uniform if r.peak <= budget_bytes]
+    best = min(fitting, key=lambda r: r.seconds) if fitting else None
+    lines += ["", "Targets (ratios from this run):", ""]
+    lines.append(f"- gcshim all peak / transformers' own: {_ratio(full.peak, own.peak)} "
+                 f"(target <= 1.00): {_check(full.peak <= own.peak)}")
+    lines.append(f"- gcshim all step / transformers' own: {_ratio(full.seconds, own.seconds)} "
+                 f"(target <= 1.03): {_check(full.seconds <= 1.03 * own.seconds)}")
+    lines.append(f"- budget plan peak <= budget: {format_bytes(budget_row.peak)} <= "
+                 f"{budget.split(' (')[0]}: {_check(budget_row.peak <= budget_bytes)}")
+    if best is not None:
+        lines.append(f"- budget plan step / best uniform plan that fits ({best.label}): "
+                     f"{_ratio(budget_row.seconds, best.seconds)} (target <= 1.03): "
+                     f"{_check(budget_row.seconds <= 1.03 * best.seconds)}")
+    offload = rows["gcshim offload"]
+    if device.type == "cuda":
+        lines.append(f"- offload peak / gcshim all: {_ratio(offload.peak, full.peak)} (target "
+                     f"<= 0.92): {_check(offload.peak <= 0.92 * full.peak)}; step: "
+                     f"{_ratio(offload.seconds, full.seconds)} (target <= 1.10): "
+                     f"{_check(offload.seconds <= 1.10 * full.seconds)}")
+    else:
+        lines.append("- offload: a no-op on CPU (no CUDA stream to copy on), so it measures "
+                     "as gcshim all; its targets need a CUDA device")
+    lines += ["", f"![memory/time frontier, {kind}]({picture})", ""]
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", choices=sorted(SIZES), default=None)
+    parser.add_argument("--models", nargs="+", default=["llama", "gpt2"],
+                        choices=["llama", "gpt2"])
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    size = args.size or ("1b" if on_cuda else "small")
+    dtype = torch.bfloat16 if on_cuda else torch.float32
+    rounds = args.rounds or (20 if on_cuda else 15)
+    name = device_name(device)
+    import transformers
+
+    lines = [
+        f"# Benchmark: {name}", "",
+        f"- device: {name} ({device.type}); size `{size}` {SIZES[size]} "
+        "(hidden, layers, heads, intermediate, vocab, batch, sequence); dtype "
+        f"{str(dtype).replace('torch.', '')}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, gcshim {gcshim.__version__}",
+        f"- date {time.strftime('%Y-%m-%d')}; {rounds} timed rounds, medians; peak = memory a "
+        "step allocates on top of what was allocated before it ("
+        + ("CUDA allocator" if on_cuda else "live-tensor tracker") + ")",
+        f"- command: `python benchmarks/bench.py {' '.join(argv or sys.argv[1:])}`".rstrip(),
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = _slug(name)
+    for kind in args.models:
+        base, layer, batch = build(kind, size, device, dtype)
+        copies, rows, budget = conditions(base, layer, batch, device)
+        round_robin(copies, rows, batch, device, rounds)
+        picture = f"{slug}-{kind}.png"
+        draw_frontier([(r.label, r.seconds, r.peak) for r in rows.values()],
+                      str(args.out / picture), f"{kind} on {name}",
+                      anchors=[r.label for r in rows.values() if r.anchor])
+        lines += model_section(kind, rows, budget, device, picture)
+        print("\n".join(model_section(kind, rows, budget, device, picture)), flush=True)
+        del copies, base
+    plain_us, patched_us, overhead_us = wrapper_overhead_us()
+    cycle_ms = apply_remove_ms()
+    lines += [
+        "## Microbenchmarks (CPU)", "",
+        f"- wrapper overhead per layer call (forward + backward of a tiny Linear, gcshim-patched "
+        f"vs a plain `torch.utils.checkpoint.checkpoint` call): {plain_us:.1f} us plain, "
+        f"{patched_us:.1f} us patched, overhead {overhead_us:.1f} us (target < 30): "
+        f"{_check(overhead_us < 30)}",
+        f"- `apply` + `remove` on a 1,000-layer model: {cycle_ms:.1f} ms (target < 100): "
+        f"{_check(cycle_ms < 100)}", "",
+    ]
+    out = args.out / f"{slug}.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines[-4:]))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
