@@ -39,6 +39,7 @@ RESULTS = Path(__file__).parent / "results"
 
 # (hidden, layers, heads, intermediate, vocab, batch, sequence)
 SIZES = {
+    "tiny": (32, 4, 2, 64, 128, 2, 16),  # for the smoke test
     "small": (256, 8, 4, 704, 2048, 4, 256),
     "1b": (2048, 24, 16, 5504, 32000, 4, 2048),
 }
@@ -64,7 +65,8 @@ def build(kind: str, size: str, device: torch.device, dtype: torch.dtype
 
         config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=4 * hidden,
                             vocab_size=vocab, n_positions=seq, use_cache=False,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                            bos_token_id=0, eos_token_id=0)
         model, layer = GPT2LMHeadModel(config), GPT2Block
     config._attn_implementation = "sdpa"
     model = model.to(device=device, dtype=dtype).train()
@@ -120,7 +122,10 @@ def conditions(base: nn.Module, layer: type, batch: Dict[str, torch.Tensor],
 
     add("none", copy.deepcopy(base), 0, anchor=True)
     own = copy.deepcopy(base)
-    own.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(own, "activation_checkpointing_enable"):  # transformers >= 5.24's name
+        own.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        own.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     add("transformers", own, total, anchor=True)
     wrapped = copy.deepcopy(base)
     add("torch AC", wrapped, _checkpointed_by_torch(wrapped, layer), anchor=True)
@@ -175,12 +180,13 @@ def wrapper_overhead_us(calls: int = 2000) -> Tuple[float, float, float]:
         for _ in range(calls):
             checkpoint(layer, x, use_reentrant=False).sum().backward()
 
-    holder = nn.Sequential(layer)
+    twin = copy.deepcopy(layer)  # patched separately: `plain` must not nest gcshim inside
+    holder = nn.Sequential(twin)
     gcshim.apply(holder, layers=nn.Linear)
 
     def patched() -> None:
         for _ in range(calls):
-            layer(x).sum().backward()
+            twin(x).sum().backward()
 
     samples: Dict[str, List[float]] = {"plain": [], "patched": []}
     plain()  # warm-up
@@ -291,6 +297,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         choices=["llama", "gpt2"])
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--calls", type=int, default=2000,
+                        help="layer calls per sample in the wrapper-overhead microbenchmark")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -302,7 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     lines = [
         f"# Benchmark: {name}", "",
-        f"- device: {name} ({device.type}); size `{size}` {SIZES[size]} "
+        f"- device: {name} ({device.type}; {torch.get_num_threads()} CPU threads); size "
+        f"`{size}` {SIZES[size]} "
         "(hidden, layers, heads, intermediate, vocab, batch, sequence); dtype "
         f"{str(dtype).replace('torch.', '')}",
         f"- python {platform.python_version()}, torch {torch.__version__}, transformers "
@@ -310,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"- date {time.strftime('%Y-%m-%d')}; {rounds} timed rounds, medians; peak = memory a "
         "step allocates on top of what was allocated before it ("
         + ("CUDA allocator" if on_cuda else "live-tensor tracker") + ")",
-        f"- command: `python benchmarks/bench.py {' '.join(argv or sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python benchmarks/bench.py', *(argv or sys.argv[1:])])}`",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         lines += model_section(kind, rows, budget, device, picture)
         print("\n".join(model_section(kind, rows, budget, device, picture)), flush=True)
         del copies, base
-    plain_us, patched_us, overhead_us = wrapper_overhead_us()
+    plain_us, patched_us, overhead_us = wrapper_overhead_us(args.calls)
     cycle_ms = apply_remove_ms()
     lines += [
         "## Microbenchmarks (CPU)", "",

@@ -14,6 +14,7 @@ for every tensor, including those the caller passed by keyword.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
@@ -77,6 +78,10 @@ class CheckpointOptions:
         kwargs.update(self.extra)
         return kwargs
 
+    @functools.cached_property
+    def _kwargs(self) -> Dict[str, Any]:  # built once: checkpoint() runs on every layer call
+        return self.as_kwargs()
+
 
 def make_options(
     use_reentrant: bool = False, preserve_rng_state: bool = True, **extra: Any
@@ -111,4 +116,4 @@ def checkpoint(
     function: Callable[..., Any], inputs: Sequence[torch.Tensor], options: CheckpointOptions
 ) -> Any:
     """Run `function(*inputs)` under torch's checkpoint with `options` (use_reentrant explicit)."""
-    return _torch_checkpoint.checkpoint(function, *inputs, **options.as_kwargs())
+    return _torch_checkpoint.checkpoint(function, *inputs, **options._kwargs)

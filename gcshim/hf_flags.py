@@ -52,7 +52,9 @@ def is_transformers_model(module: nn.Module) -> bool:
 
 def transformers_checkpoints(module: nn.Module) -> bool:
     """Whether transformers' own checkpointing is switched on for this module (not by gcshim)."""
-    if getattr(module, FLAG, False) is not True:
+    # Looked up without nn.Module.__getattr__ (it raises for a missing name): on every call.
+    flag = module.__dict__.get(FLAG, getattr(type(module), FLAG, False))
+    if flag is not True:
         return False
     return not isinstance(getattr(module, FUNC, None), PassThrough)
 

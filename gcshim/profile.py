@@ -78,7 +78,7 @@ def _synchronize(device: torch.device) -> None:
 def sandboxed(model: nn.Module) -> Iterator[None]:
     """Gradients, buffers and RNG state are as before when the block ends."""
     grads = [(p, p.grad) for p in model.parameters()]
-    buffers = [(owner, name, b.detach().clone()) for owner in model.modules()
+    buffers = [(owner, name, b, b.detach().clone()) for owner in model.modules()
                for name, b in owner._buffers.items() if b is not None]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
@@ -88,8 +88,9 @@ def sandboxed(model: nn.Module) -> Iterator[None]:
         for p, grad in grads:
             p.grad = grad
         with torch.no_grad():
-            for owner, name, value in buffers:
-                owner._buffers[name].copy_(value)
+            for owner, name, buffer, value in buffers:
+                owner._buffers[name] = buffer  # a step may have reassigned it
+                buffer.copy_(value)
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
@@ -115,7 +116,9 @@ def measure_step(model: nn.Module, step: Callable[[], None], repeats: int = 3) -
         step()
 
     with sandboxed(model):
-        peak = peak_bytes(fresh_step, device)  # also the warm-up for the timed steps
+        if device.type == "cuda":
+            fresh_step()  # warm-up: cuBLAS workspaces and the like are allocated once
+        peak = peak_bytes(fresh_step, device)
         times = []
         for _ in range(repeats):
             _clear_grads(model)

@@ -81,7 +81,7 @@ class CheckpointedCall:
                 "passed in, not updated. Shown once per layer class.",
             )
         output = self._checkpoint(wrapped, instance, args, kwargs)
-        if not returns_cache(type(instance)):
+        if edit is None or not returns_cache(type(instance)):
             return output
         return self.adapter.restore_output(output, edit)
 

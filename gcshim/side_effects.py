@@ -60,6 +60,8 @@ def _version(tensor: torch.Tensor) -> int:
 
 def watch_buffers(module: nn.Module) -> List[BufferEntry]:
     """Each buffer under `module`, with its version before a forward."""
+    if not module._modules and not module._buffers:  # a leaf without buffers: the usual
+        return []
     return [
         (owner, name, buffer, _version(buffer))
         for owner in module.modules()
@@ -78,6 +80,8 @@ def changed_buffers(watched: List[BufferEntry]) -> List[Tuple[nn.Module, str]]:
     """The buffers that the forward since `watch_buffers` may have changed: those updated in
     place or reassigned, every buffer of a module that changed one (a kernel may have written
     the others unseen), and normalisation running statistics."""
+    if not watched:
+        return []
     owners = {
         id(owner)
         for owner, name, buffer, version in watched

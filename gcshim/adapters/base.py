@@ -67,6 +67,10 @@ class Signature:
                 defaults[param.name] = param.default
         return cls(positions, defaults)
 
+    def mentions_any(self, names: Tuple[str, ...]) -> bool:
+        """Whether any of `names` is a parameter (positional or with a default)."""
+        return any(name in self.positions or name in self.defaults for name in names)
+
     def locate(
         self, name: str, args: Tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> Tuple[Optional[Union[str, int]], Any]:
@@ -187,6 +191,11 @@ class Adapter:
             raise TypeError(f"Adapter {self.name!r}: bad cache_slot {slot!r}")
 
     @property
+    def cache_names(self) -> Tuple[str, ...]:
+        """The argument names this row treats as caches, flag included."""
+        return (*self.cache_args, self.cache_flag) if self.cache_flag else self.cache_args
+
+    @property
     def is_generic(self) -> bool:
         return not self.classes and self.predicate is None
 
@@ -235,9 +244,8 @@ class Adapter:
         self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
         """Return args/kwargs with caches off, and what was changed (None if nothing)."""
-        names = (*self.cache_args, self.cache_flag) if self.cache_flag else self.cache_args
-        if not any(name in kwargs or name in signature.positions or name in signature.defaults
-                   for name in names):
+        if not (signature.mentions_any(self.cache_names)
+                or kwargs and any(name in kwargs for name in self.cache_names)):
             return args, kwargs, None  # the common case, on every call: nothing to look at
 
         def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
