@@ -42,7 +42,8 @@ def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
-    __slots__ = ("adapter", "options", "signature", "offloader")
+    __slots__ = ("adapter", "options", "signature", "offloader", "_cache_names",
+                 "_cache_in_signature")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None):
@@ -50,6 +51,13 @@ class CheckpointedCall:
         self.options = options
         self.signature = signature
         self.offloader = offloader
+        # Decided once, so a layer without cache arguments pays nothing for them per call.
+        self._cache_names = adapter.cache_names
+        self._cache_in_signature = signature.mentions_any(self._cache_names)
+
+    def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
+        return self._cache_in_signature or bool(kwargs) and any(
+            name in kwargs for name in self._cache_names)
 
     def __call__(
         self,
@@ -71,7 +79,9 @@ class CheckpointedCall:
                 "run without checkpointing. Shown once per layer class.",
             )
             return wrapped(*args, **kwargs)
-        args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
+        edit = None
+        if self._may_carry_cache(kwargs):
+            args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
         if edit is not None:
             layer = type(instance).__qualname__
             warn_once(

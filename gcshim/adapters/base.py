@@ -244,9 +244,6 @@ class Adapter:
         self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
         """Return args/kwargs with caches off, and what was changed (None if nothing)."""
-        if not (signature.mentions_any(self.cache_names)
-                or kwargs and any(name in kwargs for name in self.cache_names)):
-            return args, kwargs, None  # the common case, on every call: nothing to look at
 
         def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
             return signature.locate(name, args, kwargs)
