@@ -20,16 +20,18 @@ def draw_frontier(points: Sequence[Point], path: str, title: str,
         raise ImportError("drawing the frontier needs matplotlib: pip install 'gcshim[plot]'"
                           ) from error
     mib = 2**20
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label, seconds, peak in points:
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    markers = "oDv^<>phP*X"
+    # A legend entry per plan: labels written beside points collide where plans coincide.
+    for index, (label, seconds, peak) in enumerate(points):
         anchor = label in anchors
-        axes.scatter(seconds * 1e3, peak / mib, marker="s" if anchor else "o",
-                     color="tab:red" if anchor else "tab:blue", zorder=3)
-        axes.annotate(label, (seconds * 1e3, peak / mib), textcoords="offset points",
-                      xytext=(5, 4), fontsize=8)
+        axes.scatter(seconds * 1e3, peak / mib, s=70 if anchor else 45, zorder=3,
+                     marker="s" if anchor else markers[index % len(markers)],
+                     color=plt.cm.tab10(index % 10), edgecolors="black" if anchor else "none",
+                     label=f"{label} (anchor)" if anchor else label)
     if budget is not None:
         axes.axhline(budget / mib, color="tab:green", linestyle="--", label="budget")
-        axes.legend(loc="upper right")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     axes.set_xlabel("median step time (ms)")
     axes.set_ylabel("peak memory of a step (MiB)")
     axes.set_title(title)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import BudgetError
 from .memory import format_bytes
-from .profile import LayerCost, StepCost, layer_costs, measure_step
+from .profile import LayerCost, StepCost, device_of, layer_costs, measure_step
 
 # Applies gcshim to exactly these layer paths for the duration of a with-block.
 SubsetApplier = Callable[[Sequence[str]], ContextManager[object]]
@@ -126,8 +126,6 @@ def _fewest_that_fit(costs: Sequence[LayerCost], order: Sequence[int], rest: int
 def make_plan(model: nn.Module, layers: Sequence[Tuple[str, nn.Module]], step: Callable[[], None],
               budget: int, applied_to: SubsetApplier, repeats: int = 3) -> Plan:
     """Profile, choose, and verify by measuring; raises BudgetError if nothing fits."""
-    from .profile import device_of
-
     costs = layer_costs(model, layers, step)
     plan = Plan(type(model).__name__, str(device_of(model)), budget, costs)
 

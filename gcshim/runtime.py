@@ -119,7 +119,7 @@ class CheckpointedCall:
                 watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
                 first_forward.append(side_effects.changed_buffers(watched))
-            elif not first_forward[0] and not state_before:
+            elif not first_forward[0] and not state_before:  # the usual: nothing to put back
                 with side_effects.recomputing():
                     output = wrapped(*call_args, **call_kwargs)
             else:
