@@ -52,23 +52,28 @@ class Plan:
         return next((m for m in reversed(self.measurements) if m.label == label), None)
 
     @property
-    def peak_bytes(self) -> int:
-        """The measured peak of the chosen plan."""
-        return self._measured("plan").peak_bytes
+    def peak_bytes(self) -> Optional[int]:
+        """The measured peak of the chosen plan (None when no plan fits: see BudgetError)."""
+        chosen = self._measured("plan")
+        return chosen.peak_bytes if chosen is not None else None
 
     @property
-    def step_seconds(self) -> float:
-        return self._measured("plan").step_seconds
+    def step_seconds(self) -> Optional[float]:
+        chosen = self._measured("plan")
+        return chosen.step_seconds if chosen is not None else None
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.budget
+        peak = self.peak_bytes
+        return peak is not None and peak <= self.budget
 
     def __str__(self) -> str:
         chosen = set(self.checkpoint)
+        verdict = (f"checkpoint {len(self.checkpoint)} of {len(self.layers)} layers to fit"
+                   if self.fits else f"no choice of its {len(self.layers)} layers fits")
         lines = [
-            f"gcshim plan for {self.model} on {self.device}: checkpoint {len(self.checkpoint)} "
-            f"of {len(self.layers)} layers to fit {format_bytes(self.budget)}",
+            f"gcshim plan for {self.model} on {self.device}: {verdict} "
+            f"{format_bytes(self.budget)}",
             "",
             "measured steps:",
         ]

@@ -80,7 +80,10 @@ def test_budget_that_full_checkpointing_cannot_meet_says_so_with_numbers():
     message = str(caught.value)
     assert "64.00 KiB cannot be met" in message and "with all 8 layers checkpointed" in message
     assert "MiB with none" in message
-    assert caught.value.plan.measurements[-1].label == "all"
+    failed = caught.value.plan
+    assert failed.measurements[-1].label == "all"
+    assert not failed.fits and failed.peak_bytes is None
+    assert "no choice of its 8 layers fits 64.00 KiB" in str(failed)
     assert not gcshim.is_applied(model)
 
 
