@@ -5,7 +5,7 @@ from ._log import reset_notices
 from .adapters import Adapter, register_adapter, unregister_adapter
 from .api import Handle, applied, apply, is_applied, plan, remove, report
 from .checkpoint import supported_options
-from .errors import BudgetError, GcshimWarning, UnsupportedOptionError
+from .errors import BudgetError, GcshimConfigError, GcshimWarning, UnsupportedOptionError
 from .planner import Plan
 from .report import LayerReport, Report
 from .side_effects import is_recomputing
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter",
     "BudgetError",
+    "GcshimConfigError",
     "GcshimWarning",
     "Handle",
     "LayerReport",

@@ -15,3 +15,7 @@ class BudgetError(ValueError):
     def __init__(self, message: str, plan: object = None) -> None:
         super().__init__(message)
         self.plan = plan
+
+
+class GcshimConfigError(ValueError):
+    """A GCSHIM_* environment variable (or `gcshim run` option) with a value gcshim can't use."""

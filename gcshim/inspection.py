@@ -1,0 +1,99 @@
+"""`gcshim inspect`: what `apply` would checkpoint in a model class, without training it.
+
+The model is built on the meta device (no memory, no weights), so even a full-size default
+configuration costs nothing; it is applied, reported, and removed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from . import api
+from .adapters import find_adapter
+from .select import ancestor_classes
+
+
+def resolve(target: str) -> type:
+    """"transformers:LlamaForCausalLM" or "package.module:Class" -> the class."""
+    module_name, sep, class_name = target.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ValueError(f"{target!r}: give module:Class, e.g. transformers:LlamaForCausalLM")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{target!r}: cannot import {module_name!r} ({error})") from None
+    found: Any = module
+    for part in class_name.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            raise ValueError(f"{target!r}: {module_name} has no {class_name!r}")
+    if not isinstance(found, type):
+        raise ValueError(f"{target!r} is not a class")
+    return found
+
+
+def build(cls: type) -> nn.Module:
+    """An instance of a model class, a transformers model class, or a transformers config
+    class, on the meta device."""
+    with torch.device("meta"):
+        if issubclass(cls, nn.Module) and getattr(cls, "config_class", None) is not None:
+            return cls(cls.config_class())
+        if issubclass(cls, nn.Module):
+            try:
+                return cls()
+            except TypeError as error:
+                raise ValueError(f"cannot build {cls.__name__} without arguments ({error}); "
+                                 "inspect a class that builds from defaults") from None
+        if hasattr(cls, "model_type") and hasattr(cls, "to_dict"):  # a transformers config
+            from transformers import AutoModel
+
+            return AutoModel.from_config(cls())
+    raise ValueError(f"{cls.__name__} is neither an nn.Module nor a transformers config class")
+
+
+def inspect_model(model: nn.Module) -> Dict[str, Any]:
+    """What apply(model) checkpoints, by which adapter, and what transformers' own says."""
+    handle = api.apply(model)
+    try:
+        report = handle.report()
+    finally:
+        handle.remove()
+    modules = dict(model.named_modules())
+    layers: List[Dict[str, Any]] = []
+    for row in report.rows:
+        adapter = find_adapter(modules[row.path], ancestor_classes(model, row.path))
+        layers.append({"path": row.path, "class": row.layer, "status": row.status,
+                       "adapter": adapter.name,
+                       "transformers_checkpointing": adapter.transformers_checkpointing,
+                       "notes": adapter.notes})
+    info: Dict[str, Any] = {"model": type(model).__name__, "found_by": report.source,
+                            "checkpointed": len(report.checkpointed), "layers": layers}
+    if hasattr(type(model), "supports_gradient_checkpointing"):
+        import transformers
+
+        info["transformers"] = transformers.__version__
+        info["supports_gradient_checkpointing"] = bool(model.supports_gradient_checkpointing)
+    return info
+
+
+def format_inspection(info: Dict[str, Any]) -> str:
+    lines = [f"{info['model']} (built on the meta device)"]
+    if "transformers" in info:
+        own = "supported" if info["supports_gradient_checkpointing"] else "not supported"
+        lines.append(f"transformers {info['transformers']}: its own checkpointing is {own} "
+                     "for this class")
+    lines.append(f"gcshim would checkpoint {info['checkpointed']} of {len(info['layers'])} layers"
+                 f" (found by {info['found_by']})")
+    header: Tuple[str, ...] = ("layer path", "class", "gcshim", "adapter", "transformers' own")
+    table = [header] + [(r["path"], r["class"], r["status"], r["adapter"],
+                         r["transformers_checkpointing"]) for r in info["layers"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for index, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""transformers' checkpointing switches, routed through gcshim where transformers' own falls short.
+
+`gradient_checkpointing_enable()` / `activation_checkpointing_enable()` (what
+`TrainingArguments(gradient_checkpointing=True)` calls) go to gcshim when the model's own
+checkpointing is absent (`supports_gradient_checkpointing=False`) or raises; otherwise
+transformers' own path runs, and gcshim then takes over only the layers the adapter table knows
+it does nothing for or breaks. A GCSHIM_LAYERS / EVERY / BUDGET / OFFLOAD setting means the user
+chose gcshim: it replaces transformers' own path. The disable calls remove gcshim too.
+
+The methods are replaced on `PreTrainedModel` by plain functions, not wrapt proxies: transformers
+5.24 decides whether a subclass overrides `gradient_checkpointing_enable` by comparing the bound
+method's `__func__` with the class attribute, which a proxy would make differ for every model.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from torch import nn
+
+from .. import api
+from .._log import logger
+from ..autoapply import apply_from_settings
+from ..settings import Settings
+
+ENABLE = ("gradient_checkpointing_enable", "activation_checkpointing_enable")
+DISABLE = ("gradient_checkpointing_disable", "activation_checkpointing_disable")
+_KWARGS_NAMES = ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")
+
+_inside = threading.local()  # one alias calls the other: only the outermost call decides
+
+
+def _checkpoint_kwargs(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    for name in _KWARGS_NAMES:
+        if kwargs.get(name):
+            return dict(kwargs[name])
+    return dict(args[0]) if args and isinstance(args[0], dict) else {}
+
+
+def _user_chose_gcshim(settings: Settings) -> bool:
+    return any(value is not None for value in
+               (settings.layers, settings.every, settings.budget, settings.offload))
+
+
+class TransformersSwitches:
+    """The replaced enable/disable methods of PreTrainedModel, and their undoing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._originals: List[Tuple[type, str, Callable[..., Any]]] = []
+
+    def install(self, pretrained_model: type) -> None:
+        if self._originals:
+            return
+        for name in ENABLE + DISABLE:
+            original = pretrained_model.__dict__.get(name)
+            if original is None:  # activation_* only exist from transformers 5.24
+                continue
+            replacement = self._enable(original) if name in ENABLE else self._disable(original)
+            replacement.__name__ = name
+            replacement.__qualname__ = f"{pretrained_model.__name__}.{name}"
+            replacement.__doc__ = original.__doc__
+            replacement.__wrapped__ = original  # type: ignore[attr-defined]
+            setattr(pretrained_model, name, replacement)
+            self._originals.append((pretrained_model, name, original))
+        logger.debug("gcshim: transformers' checkpointing switches routed through gcshim")
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._originals):
+            setattr(owner, name, original)
+        self._originals = []
+
+    def _enable(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def enable(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if getattr(_inside, "on", False):
+                return original(model, *args, **kwargs)
+            _inside.on = True
+            try:
+                return self._decide(original, model, args, kwargs)
+            finally:
+                _inside.on = False
+
+        return enable
+
+    def _disable(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def disable(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            if not getattr(_inside, "on", False):
+                api.remove(model)
+            return original(model, *args, **kwargs)
+
+        return disable
+
+    def _decide(self, original: Callable[..., Any], model: nn.Module, args: Tuple[Any, ...],
+                kwargs: Dict[str, Any]) -> Optional[Any]:
+        use_reentrant = _checkpoint_kwargs(args, kwargs).get("use_reentrant")
+        name = type(model).__name__
+        if _user_chose_gcshim(self.settings):
+            logger.info("gcshim: %s: GCSHIM_* settings given, gcshim checkpoints it", name)
+            apply_from_settings(model, self.settings, use_reentrant)
+            return None
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            logger.info("gcshim: %s has no checkpointing of its own; gcshim checkpoints it", name)
+            apply_from_settings(model, self.settings, use_reentrant)
+            return None
+        try:
+            result = original(model, *args, **kwargs)
+        except ValueError as error:  # transformers refuses this model
+            logger.info("gcshim: transformers' checkpointing raised for %s (%s); gcshim "
+                        "checkpoints it", name, error)
+            apply_from_settings(model, self.settings, use_reentrant)
+            return None
+        try:  # the layers transformers' flag does nothing for, or breaks (the adapter table)
+            apply_from_settings(model, self.settings, use_reentrant)
+        except LookupError:
+            pass
+        return result

@@ -1,0 +1,129 @@
+"""gcshim's settings from environment variables (for `import gcshim.auto` and `gcshim run`).
+
+Values are parsed strictly: anything unexpected is one GcshimConfigError naming the variable,
+the value and what it may be. Nothing is evaluated.
+
+    GCSHIM_LAYERS     auto | comma-separated class-name globs ("*DecoderLayer,GPT2Block")
+    GCSHIM_REENTRANT  1/0, true/false, yes/no, on/off
+    GCSHIM_EVERY      a positive integer
+    GCSHIM_BUDGET     a size: 12GiB, 1.5GB, 800MiB, or bytes
+    GCSHIM_OFFLOAD    a boolean, as GCSHIM_REENTRANT
+    GCSHIM_DISABLE    a boolean: true turns `import gcshim.auto` into a no-op
+    GCSHIM_LOG        debug | info | warning | error: the level of the "gcshim" logger,
+                      printed to stderr
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from .errors import GcshimConfigError
+from .memory import parse_bytes
+
+VARIABLES = ("GCSHIM_LAYERS", "GCSHIM_REENTRANT", "GCSHIM_EVERY", "GCSHIM_BUDGET",
+             "GCSHIM_OFFLOAD", "GCSHIM_DISABLE", "GCSHIM_LOG")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise GcshimConfigError(f"{name}={text!r}: must be one of {', '.join(_TRUE + _FALSE)}")
+
+
+def _positive_int(name: str, text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise GcshimConfigError(f"{name}={text!r}: must be a positive integer")
+    return int(value)
+
+
+def _layers(name: str, text: str) -> Union[str, List[str]]:
+    value = text.strip()
+    if value == "auto":
+        return "auto"
+    globs = [part.strip() for part in value.split(",")]
+    if not value or any(not glob or any(c.isspace() for c in glob) for glob in globs):
+        raise GcshimConfigError(f"{name}={text!r}: must be 'auto' or comma-separated class-name "
+                                "globs such as '*DecoderLayer,GPT2Block'")
+    return globs
+
+
+def _budget(name: str, text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except (TypeError, ValueError) as error:
+        raise GcshimConfigError(f"{name}={text!r}: {error}") from None
+
+
+def _level(name: str, text: str) -> str:
+    value = text.strip().lower()
+    if value not in _LEVELS:
+        raise GcshimConfigError(f"{name}={text!r}: must be one of {', '.join(_LEVELS)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment asked for; None means "not set" (the caller's choice stands)."""
+
+    layers: Optional[Union[str, List[str]]] = None
+    use_reentrant: Optional[bool] = None
+    every: Optional[int] = None
+    budget: Optional[int] = None
+    offload: Optional[bool] = None
+    disable: bool = False
+    log: Optional[str] = None
+
+    @classmethod
+    def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def read(name: str, parse: Any) -> Any:
+            text = env.get(name)
+            return None if text is None or text == "" else parse(name, text)
+
+        settings = cls(
+            layers=read("GCSHIM_LAYERS", _layers),
+            use_reentrant=read("GCSHIM_REENTRANT", _bool),
+            every=read("GCSHIM_EVERY", _positive_int),
+            budget=read("GCSHIM_BUDGET", _budget),
+            offload=read("GCSHIM_OFFLOAD", _bool),
+            disable=bool(read("GCSHIM_DISABLE", _bool)),
+            log=read("GCSHIM_LOG", _level),
+        )
+        if settings.every is not None and settings.budget is not None:
+            raise GcshimConfigError("GCSHIM_EVERY and GCSHIM_BUDGET: give one or the other")
+        return settings
+
+    def apply_options(self, use_reentrant: Optional[bool] = None) -> Dict[str, Any]:
+        """Keyword arguments for `gcshim.apply`. `use_reentrant` is the script's own choice
+        (e.g. gradient_checkpointing_kwargs); GCSHIM_REENTRANT, when set, overrides it."""
+        options: Dict[str, Any] = {"layers": self.layers or "auto"}
+        reentrant = self.use_reentrant if self.use_reentrant is not None else use_reentrant
+        if reentrant is not None:
+            options["use_reentrant"] = reentrant
+        if self.every is not None:
+            options["every"] = self.every
+        if self.offload is not None:
+            options["offload"] = self.offload
+        return options
+
+    def configure_logging(self) -> None:
+        if self.log is None:
+            return
+        logger = logging.getLogger("gcshim")
+        logger.setLevel(self.log.upper())
+        if not any(getattr(h, "_gcshim", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+            handler._gcshim = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
