@@ -14,13 +14,14 @@ method's `__func__` with the class attribute, which a proxy would make differ fo
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
 from .. import api
-from .._log import logger
+from .._log import logger, notice_once
 from ..autoapply import apply_from_settings
 from ..settings import Settings
 
@@ -96,18 +97,20 @@ class TransformersSwitches:
         use_reentrant = _checkpoint_kwargs(args, kwargs).get("use_reentrant")
         name = type(model).__name__
         if _user_chose_gcshim(self.settings):
-            logger.info("gcshim: %s: GCSHIM_* settings given, gcshim checkpoints it", name)
+            notice_once(f"hf-settings:{name}", f"gcshim: {name}: GCSHIM_* settings given, "
+                        "gcshim checkpoints it", logging.INFO)
             apply_from_settings(model, self.settings, use_reentrant)
             return None
         if not getattr(model, "supports_gradient_checkpointing", False):
-            logger.info("gcshim: %s has no checkpointing of its own; gcshim checkpoints it", name)
+            notice_once(f"hf-absent:{name}", f"gcshim: {name} has no checkpointing of its own; "
+                        "gcshim checkpoints it", logging.INFO)
             apply_from_settings(model, self.settings, use_reentrant)
             return None
         try:
             result = original(model, *args, **kwargs)
         except ValueError as error:  # transformers refuses this model
-            logger.info("gcshim: transformers' checkpointing raised for %s (%s); gcshim "
-                        "checkpoints it", name, error)
+            notice_once(f"hf-raised:{name}", f"gcshim: transformers' checkpointing raised for "
+                        f"{name} ({error}); gcshim checkpoints it", logging.INFO)
             apply_from_settings(model, self.settings, use_reentrant)
             return None
         try:  # the layers transformers' flag does nothing for, or breaks (the adapter table)
