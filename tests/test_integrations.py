@@ -220,3 +220,14 @@ def test_each_kind_of_notice_is_logged_once(auto, gcshim_log):
         _enable(_tiny_gpt())
     notices = [r for r in gcshim_log.records if "has no checkpointing of its own" in r.getMessage()]
     assert len(notices) == 1
+
+
+def test_enable_takes_over_the_layers_transformers_flag_does_nothing_for(auto):
+    from test_transformers_gaps import _mllama_vision
+
+    auto.activate(Settings())
+    model, _inputs = _mllama_vision()
+    _enable(model)  # transformers' own path runs, and its flag is inert on these layers
+    taken_over = [path for path in gcshim.report(model).checkpointed if "transformer.layers" in path]
+    assert taken_over
+    assert _checkpointing_flag(model)
