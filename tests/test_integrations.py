@@ -231,3 +231,21 @@ def test_enable_takes_over_the_layers_transformers_flag_does_nothing_for(auto):
     taken_over = [path for path in gcshim.report(model).checkpointed if "transformer.layers" in path]
     assert taken_over
     assert _checkpointing_flag(model)
+
+
+def test_import_before_transformers_still_routes_its_switches():
+    import subprocess
+    import sys
+
+    script = (
+        "import gcshim.auto, gcshim, warnings\n"
+        "import transformers\n"
+        "warnings.simplefilter('ignore', FutureWarning)\n"
+        "config = transformers.OpenAIGPTConfig(n_embd=32, n_layer=2, n_head=2, vocab_size=64,"
+        " n_positions=16)\n"
+        "model = transformers.OpenAIGPTLMHeadModel(config)\n"
+        "model.gradient_checkpointing_enable()\n"
+        "print(len(gcshim.report(model).checkpointed))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
