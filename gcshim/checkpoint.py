@@ -14,7 +14,6 @@ for every tensor, including those the caller passed by keyword.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
@@ -70,6 +69,11 @@ class CheckpointOptions:
     def mode(self) -> str:
         return "reentrant" if self.use_reentrant else "non-reentrant"
 
+    def __post_init__(self) -> None:
+        # Built once: checkpoint() runs on every layer call. (Not a cached_property: its lock is
+        # a graph break under torch.compile.)
+        object.__setattr__(self, "_kwargs", self.as_kwargs())
+
     def as_kwargs(self) -> Dict[str, Any]:
         kwargs = {
             "use_reentrant": self.use_reentrant,
@@ -77,10 +81,6 @@ class CheckpointOptions:
         }
         kwargs.update(self.extra)
         return kwargs
-
-    @functools.cached_property
-    def _kwargs(self) -> Dict[str, Any]:  # built once: checkpoint() runs on every layer call
-        return self.as_kwargs()
 
 
 def make_options(
@@ -110,6 +110,15 @@ def make_options(
         preserve_rng_state=preserve_rng_state,
         extra=tuple(sorted(extra.items())),
     )
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile (dynamo) is tracing this call."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):  # torch >= 2.3
+        return compiler.is_compiling()
+    dynamo = getattr(torch, "_dynamo", None)
+    return bool(dynamo is not None and dynamo.is_compiling())
 
 
 def checkpoint(

@@ -43,6 +43,15 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         # The model passed to apply() (weakly held).
         self._self_gcshim_owner = weakref.ref(owner) if owner is not None else None
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # The call wrapt's C proxy makes, spelled in Python so that torch.compile can trace
+        # through it (a C-level __call__ is a graph break that drops the whole model to eager).
+        wrapped = self.__wrapped__
+        instance = getattr(wrapped, "__self__", None)
+        if instance is None:  # not a bound method: let wrapt bind it as it would
+            return super().__call__(*args, **kwargs)
+        return self._self_wrapper(wrapped, instance, args, kwargs)
+
     @property
     def owner(self) -> Optional[nn.Module]:
         return self._self_gcshim_owner() if self._self_gcshim_owner is not None else None

@@ -11,7 +11,7 @@ from . import side_effects, tree
 from ._log import warn_once
 from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
-from .checkpoint import CheckpointOptions, checkpoint
+from .checkpoint import CheckpointOptions, checkpoint, is_compiling
 from .hf_flags import transformers_checkpoints
 from .offload import Offloader
 
@@ -107,6 +107,7 @@ class CheckpointedCall:
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
         reentrant = self.options.use_reentrant
+        compiling = not reentrant and is_compiling()
         count = len(tensors)
         output_skeleton = []
         state_names = self.adapter.module_state
@@ -115,6 +116,10 @@ class CheckpointedCall:
 
         def run(*flat: torch.Tensor) -> Any:
             call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
+            if compiling:
+                # Traced into one graph: the recompute is the compiler's, not a second Python
+                # call, so there is nothing to guard, and a side effect here would break it.
+                return wrapped(*call_args, **call_kwargs)
             if not first_forward:
                 watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
