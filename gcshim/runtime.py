@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -32,6 +34,18 @@ def cache_policy(module: nn.Module, adapter: Adapter) -> str:
     return adapter.cache_policy
 
 
+def _ddp_breaks_reentrant() -> bool:
+    """Inside the forward of a DDP with find_unused_parameters=True (and no static graph),
+    where reentrant checkpointing fails in backward: DDP marks the parameters it cannot see
+    through the reentrant call as unused, then their gradients arrive ("Expected to mark a
+    variable ready only once")."""
+    ddp_module = sys.modules.get("torch.nn.parallel.distributed")
+    ddp_class = getattr(ddp_module, "DistributedDataParallel", None)
+    active = getattr(ddp_class, "_active_ddp_module", None)  # set during DDP forward (2.1+)
+    return (active is not None and bool(getattr(active, "find_unused_parameters", False))
+            and not getattr(active, "static_graph", False))
+
+
 def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
     """(an input tensor requires grad, an input or a parameter of the layer requires grad)."""
     input_needs = any(t.requires_grad for t in inputs)
@@ -43,7 +57,7 @@ class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
     __slots__ = ("adapter", "options", "signature", "offloader", "_cache_names",
-                 "_cache_in_signature")
+                 "_cache_in_signature", "non_reentrant")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None):
@@ -54,6 +68,8 @@ class CheckpointedCall:
         # Decided once, so a layer without cache arguments pays nothing for them per call.
         self._cache_names = adapter.cache_names
         self._cache_in_signature = signature.mentions_any(self._cache_names)
+        # where reentrant mode cannot work (DDP finding unused parameters)
+        self.non_reentrant = dataclasses.replace(options, use_reentrant=False)
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
@@ -106,7 +122,18 @@ class CheckpointedCall:
         input_needs, anything_needs = _needs_grad(module, tensors)
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
-        reentrant = self.options.use_reentrant
+        options = self.options
+        if options.use_reentrant and _ddp_breaks_reentrant():
+            warn_once(
+                "ddp-reentrant",
+                "gcshim: reentrant checkpointing fails under DistributedDataParallel("
+                "find_unused_parameters=True) ('Expected to mark a variable ready only once'), "
+                "so gcshim checkpoints non-reentrant there (same gradients). To choose "
+                "yourself: gcshim.apply(..., use_reentrant=False), or DDP(..., "
+                "static_graph=True), or find_unused_parameters=False. Shown once.",
+            )
+            options = self.non_reentrant
+        reentrant = options.use_reentrant
         compiling = not reentrant and is_compiling()
         count = len(tensors)
         output_skeleton = []
@@ -145,10 +172,10 @@ class CheckpointedCall:
             # none. An unused leaf that requires grad connects it.
             tensors = [*tensors, torch.zeros((), requires_grad=True)]
         if self.offloader is None:
-            output = checkpoint(run, tensors, self.options)
+            output = checkpoint(run, tensors, options)
         else:
             with self.offloader.moving_saved_inputs():
-                output = checkpoint(run, tensors, self.options)
+                output = checkpoint(run, tensors, options)
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output

@@ -228,7 +228,8 @@ def test_enable_takes_over_the_layers_transformers_flag_does_nothing_for(auto):
     auto.activate(Settings())
     model, _inputs = _mllama_vision()
     _enable(model)  # transformers' own path runs, and its flag is inert on these layers
-    taken_over = [path for path in gcshim.report(model).checkpointed if "transformer.layers" in path]
+    checkpointed = gcshim.report(model).checkpointed
+    taken_over = [path for path in checkpointed if "transformer.layers" in path]
     assert taken_over
     assert _checkpointing_flag(model)
 
