@@ -42,15 +42,18 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         self._self_gcshim_previous = previous
         # The model passed to apply() (weakly held).
         self._self_gcshim_owner = weakref.ref(owner) if owner is not None else None
+        # The bound forward and its layer as plain attributes: torch.compile reads these where
+        # it cannot read wrapt's C-level ones.
+        layer = getattr(wrapped, "__self__", None)
+        self._self_gcshim_bound = (wrapped, layer) if isinstance(layer, nn.Module) else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The call wrapt's C proxy makes, spelled in Python so that torch.compile can trace
         # through it (a C-level __call__ is a graph break that drops the whole model to eager).
-        wrapped = self.__wrapped__
-        instance = getattr(wrapped, "__self__", None)
-        if instance is None:  # not a bound method: let wrapt bind it as it would
+        bound = self._self_gcshim_bound
+        if bound is None:  # not a bound method: let wrapt bind it as it would
             return super().__call__(*args, **kwargs)
-        return self._self_wrapper(wrapped, instance, args, kwargs)
+        return self._self_wrapper(bound[0], bound[1], args, kwargs)
 
     @property
     def owner(self) -> Optional[nn.Module]:

@@ -68,7 +68,7 @@ class CheckpointedCall:
         # Decided once, so a layer without cache arguments pays nothing for them per call.
         self._cache_names = adapter.cache_names
         self._cache_in_signature = signature.mentions_any(self._cache_names)
-        # where reentrant mode cannot work (DDP finding unused parameters)
+        # where reentrant mode cannot work (torch.compile; DDP finding unused parameters)
         self.non_reentrant = dataclasses.replace(options, use_reentrant=False)
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
@@ -123,7 +123,11 @@ class CheckpointedCall:
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
         options = self.options
-        if options.use_reentrant and _ddp_breaks_reentrant():
+        if options.use_reentrant and is_compiling():
+            # torch.compile cannot trace reentrant checkpointing (graph breaks around every
+            # layer); non-reentrant gives the same gradients. No warning: one would be traced.
+            options = self.non_reentrant
+        elif options.use_reentrant and _ddp_breaks_reentrant():
             warn_once(
                 "ddp-reentrant",
                 "gcshim: reentrant checkpointing fails under DistributedDataParallel("
