@@ -144,6 +144,72 @@ def conditions(base: nn.Module, layer: type, batch: Dict[str, torch.Tensor],
     return copies, rows, format_bytes(budget) + f" ({budget} bytes)"
 
 
+def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: torch.device
+                       ) -> Tuple[Dict[str, nn.Module], Dict[str, Row], str]:
+    """torch.compile alone, with its activation memory budget at 0.5, eager full gcshim
+    checkpointing, and gcshim + compile. On CUDA the peak is the inductor-compiled step's; on
+    CPU inductor's buffers are invisible to the live-tensor tracker, so the peak comes from
+    the same compile on the "aot_eager" backend (same partitioning, ops run through the
+    dispatcher) and the times from inductor."""
+    import torch._functorch.config as functorch_config
+
+    copies: Dict[str, nn.Module] = {}
+    rows: Dict[str, Row] = {}
+    total = len(gcshim.apply(copy.deepcopy(base)).layers)
+
+    def compiled(model: nn.Module, backend: str, memory_budget: float) -> nn.Module:
+        compiled_model = torch.compile(model, backend=backend)
+        with functorch_config.patch(activation_memory_budget=memory_budget):
+            _step(compiled_model, batch)  # compiles, under the budget it is given
+        return compiled_model
+
+    def add(label: str, applied: bool, memory_budget: float = 1.0, anchor: bool = False,
+            compile_it: bool = True) -> None:
+        def fresh() -> nn.Module:
+            model = copy.deepcopy(base)
+            if applied:
+                gcshim.apply(model)
+            return model
+
+        if not compile_it:
+            model = fresh()
+            _step(model, batch)
+            peak = peak_bytes(lambda: _step(model, batch), device)
+        else:
+            model = compiled(fresh(), "inductor", memory_budget)
+            measured = model if device.type == "cuda" else compiled(fresh(), "aot_eager",
+                                                                    memory_budget)
+            peak = peak_bytes(lambda: _step(measured, batch), device)
+        copies[label] = model
+        rows[label] = Row(label, total if applied else 0, peak, anchor=anchor)
+
+    add("compile", applied=False, anchor=True)
+    add("compile, memory budget 0.5", applied=False, memory_budget=0.5, anchor=True)
+    add("eager gcshim all", applied=True, compile_it=False, anchor=True)
+    add("gcshim all + compile", applied=True)
+    return copies, rows, ("CUDA allocator, inductor" if device.type == "cuda" else
+                          "live-tensor tracker on an aot_eager compile; times from inductor")
+
+
+def compile_section(kind: str, rows: Dict[str, Row], how: str, picture: str) -> List[str]:
+    plain = rows["compile"]
+    lines = [f"## {kind} under torch.compile", "", f"Peak: {how}.", "",
+             "| condition | layers checkpointed | peak | median step | peak / compile | "
+             "step / compile |", "|---|---|---|---|---|---|"]
+    for row in rows.values():
+        lines.append(f"| {row.label}{' (anchor)' if row.anchor else ''} | {row.layers} | "
+                     f"{format_bytes(row.peak)} | {row.seconds * 1e3:.1f} ms | "
+                     f"{_ratio(row.peak, plain.peak)} | {_ratio(row.seconds, plain.seconds)} |")
+    ours, eager = rows["gcshim all + compile"], rows["eager gcshim all"]
+    lines += ["", f"gcshim + compile against eager full checkpointing: peak "
+              f"{_ratio(ours.peak, eager.peak)}, step {_ratio(ours.seconds, eager.seconds)}; "
+              f"against compile's memory budget 0.5: peak "
+              f"{_ratio(ours.peak, rows['compile, memory budget 0.5'].peak)}, step "
+              f"{_ratio(ours.seconds, rows['compile, memory budget 0.5'].seconds)}.", "",
+              f"![memory/time frontier under compile, {kind}]({picture})", ""]
+    return lines
+
+
 def round_robin(copies: Dict[str, nn.Module], rows: Dict[str, Row],
                 batch: Dict[str, torch.Tensor], device: torch.device, rounds: int) -> None:
     times: Dict[str, List[float]] = {label: [] for label in copies}
@@ -306,6 +372,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         choices=["llama", "gpt2"])
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile conditions (Llama-style model)")
     parser.add_argument("--calls", type=int, default=1000,
                         help="layer calls per sample in the wrapper-overhead microbenchmark")
     args = parser.parse_args(argv)
@@ -343,7 +411,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                       anchors=[r.label for r in rows.values() if r.anchor])
         lines += model_section(kind, rows, budget, device, picture)
         print("\n".join(model_section(kind, rows, budget, device, picture)), flush=True)
-        del copies, base
+        del copies
+        if args.compile and kind == "llama":
+            copies, rows, how = compile_conditions(base, batch, device)
+            round_robin(copies, rows, batch, device, rounds)
+            picture = f"{slug}-{kind}-compile.png"
+            draw_frontier([(r.label, r.seconds, r.peak) for r in rows.values()],
+                          str(args.out / picture), f"{kind} under torch.compile on {name}",
+                          anchors=[r.label for r in rows.values() if r.anchor])
+            section = compile_section(kind, rows, how, picture)
+            lines += section
+            print("\n".join(section), flush=True)
+            del copies
+        del base
     plain_us, patched_us, overhead_us = wrapper_overhead_us(args.calls)
     cycle_ms = apply_remove_ms()
     lines += [

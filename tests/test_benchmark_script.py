@@ -17,7 +17,7 @@ def test_benchmark_writes_results_with_every_condition(tmp_path, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gcshim_bench", bench)  # its dataclasses look it up
     spec.loader.exec_module(bench)
-    assert bench.main(["--size", "tiny", "--rounds", "1", "--calls", "20",
+    assert bench.main(["--size", "tiny", "--rounds", "1", "--calls", "20", "--no-compile",
                        "--out", str(tmp_path)]) == 0
     [result] = tmp_path.glob("*.md")
     text = result.read_text()
