@@ -20,7 +20,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "gcshim", "tests", "tools", "noxfile.py")
+    session.run("ruff", "check", "gcshim", "tests", "tools", "benchmarks", "docs", "noxfile.py")
 
 
 # torchvision from the registry does not import beside the 2.13.0 CPU build: this pair does.

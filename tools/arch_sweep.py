@@ -58,6 +58,9 @@ class CallCounter:
     def _hook(self, module: Any, args: Any) -> None:
         self.calls += 1
 
+    def close(self) -> None:
+        self._handle.remove()
+
 
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -225,54 +228,57 @@ def run_architecture(model_type: str,
         record.update(status="absent", error="not in this transformers release")
         return record
     counter = CallCounter()
-    for layers in LAYER_LADDER:  # hybrids (Zamba, Bamba, ...) have their attention later on
-        try:
-            base, variants = tiny_models.build(model_type, layers=layers)
-        except tiny_models.NoModelClass as error:
-            record.update(status="sub-model", error=_short(error))
-            return record
-        except Exception as error:
-            record.update(status="no-build", error=_short(error))
-            continue
-        inputs = _working_inputs(base, variants, counter)
-        if isinstance(inputs, str):
-            record.update(status="no-baseline", error=inputs)
-            continue
-        references = _references(base, inputs, counter)
-        if isinstance(references, dict):
-            break
-        record.update(status="no-baseline", error=references)
-    else:
-        return record
-    record.pop("error", None)
-    record["layers_built"] = layers
-    record["class"] = type(base).__name__
-    record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
-    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
-    record["conditions"] = {}
-    record["status"] = "ran"
-    # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
-    # reentrant WavLM) ends the process, and the parent keeps what was saved before it
-    for who in ("gcshim", "transformers"):
-        for reentrant, cache in CONDITIONS:
-            reference = references[cache]
-            entry = record["conditions"].setdefault(condition_name(reentrant, cache),
-                                                    {"peak_none": reference["peak"]})
-            if who == "transformers" and not record["hf_supports"]:
-                entry[who] = {"status": "unsupported"}
+    try:
+        for layers in LAYER_LADDER:  # hybrids (Zamba, Bamba, ...) have their attention later on
+            try:
+                base, variants = tiny_models.build(model_type, layers=layers)
+            except tiny_models.NoModelClass as error:
+                record.update(status="sub-model", error=_short(error))
+                return record
+            except Exception as error:
+                record.update(status="no-build", error=_short(error))
                 continue
-            entry[who] = {"status": "timeout"}  # until the run returns
-            if save is not None:
-                save(record)
-            seen: Dict[str, Any] = {}
-            setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
-            # peak memory only for gcshim: the live-tensor tracker doubles a run's time
-            run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
-            entry[who] = _verdict(run, reference, trainable)
-            entry[who].update(seen)
-            if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
-                entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
-    return record
+            inputs = _working_inputs(base, variants, counter)
+            if isinstance(inputs, str):
+                record.update(status="no-baseline", error=inputs)
+                continue
+            references = _references(base, inputs, counter)
+            if isinstance(references, dict):
+                break
+            record.update(status="no-baseline", error=references)
+        else:
+            return record
+        record.pop("error", None)
+        record["layers_built"] = layers
+        record["class"] = type(base).__name__
+        record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
+        trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+        record["conditions"] = {}
+        record["status"] = "ran"
+        # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
+        # reentrant WavLM) ends the process, and the parent keeps what was saved before it
+        for who in ("gcshim", "transformers"):
+            for reentrant, cache in CONDITIONS:
+                reference = references[cache]
+                entry = record["conditions"].setdefault(condition_name(reentrant, cache),
+                                                        {"peak_none": reference["peak"]})
+                if who == "transformers" and not record["hf_supports"]:
+                    entry[who] = {"status": "unsupported"}
+                    continue
+                entry[who] = {"status": "timeout"}  # until the run returns
+                if save is not None:
+                    save(record)
+                seen: Dict[str, Any] = {}
+                setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
+                # peak memory only for gcshim: the live-tensor tracker doubles a run's time
+                run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
+                entry[who] = _verdict(run, reference, trainable)
+                entry[who].update(seen)
+                if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
+                    entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
+        return record
+    finally:
+        counter.close()  # a global hook: never leave it behind
 
 
 # -- the forked runner -----------------------------------------------------------------------
