@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,16 +164,19 @@ def _rss_peak(work: Callable[[], None]) -> int:
     return status("VmHWM") - before
 
 
-def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: torch.device
-                       ) -> Tuple[Dict[str, nn.Module], Dict[str, Row], str]:
+def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
+                       rounds: int) -> Tuple[Dict[str, Row], str]:
     """torch.compile alone, with its activation memory budget at 0.5, eager full gcshim
-    checkpointing, and gcshim + compile. Peak on CUDA: the allocator. On CPU inductor's
+    checkpointing, and gcshim + compile, one after another: each compiles after
+    torch._dynamo.reset() (or it would reuse the previous graph, and its memory budget), which
+    would also recompile the earlier ones, so these are not timed round-robin. Peak on CUDA: the
+    allocator. On CPU inductor's
     buffers are invisible to the live-tensor tracker, so every row here (the eager one too)
     is the peak resident memory of the step (see _rss_peak)."""
+    import torch._dynamo
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
-    copies: Dict[str, nn.Module] = {}
     rows: Dict[str, Row] = {}
     total = len(gcshim.apply(copy.deepcopy(base)).layers)
 
@@ -182,6 +188,7 @@ def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: 
 
     def add(label: str, applied: bool, compile_it: bool = True, memory_budget: float = 1.0,
             anchor: bool = False) -> None:
+        torch._dynamo.reset()  # else the first compile's graph (and budget) is reused
         model = copy.deepcopy(base)
         if applied:
             gcshim.apply(model)
@@ -191,14 +198,22 @@ def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: 
             with functorch_config.patch(activation_memory_budget=memory_budget), \
                     inductor_config.patch(force_disable_caches=True):
                 _step(model, batch)
-        copies[label] = model
-        rows[label] = Row(label, total if applied else 0, measure(model), anchor=anchor)
+        peak = measure(model)
+        times = []
+        for _ in range(rounds):
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, batch)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        rows[label] = Row(label, total if applied else 0, peak, statistics.median(times),
+                          anchor=anchor)
 
     add("compile", applied=False, anchor=True)
     add("compile, memory budget 0.5", applied=False, memory_budget=0.5, anchor=True)
     add("eager gcshim all", applied=True, compile_it=False, anchor=True)
     add("gcshim all + compile", applied=True)
-    return copies, rows, ("CUDA allocator" if device.type == "cuda" else
+    return rows, ("CUDA allocator" if device.type == "cuda" else
                           "peak resident memory of the step (glibc mmap threshold 64 KiB, so "
                           "freed tensors leave the resident set); the compiled steps' buffers "
                           "are invisible to the live-tensor tracker")
@@ -221,6 +236,28 @@ def compile_section(kind: str, rows: Dict[str, Row], how: str, picture: str) -> 
               f"{_ratio(ours.seconds, rows['compile, memory budget 0.5'].seconds)}.", "",
               f"![memory/time frontier under compile, {kind}]({picture})", ""]
     return lines
+
+
+def compile_part(base: nn.Module, batch: Dict[str, torch.Tensor], device: torch.device,
+                 rounds: int, out: Path, slug: str, name: str) -> List[str]:
+    rows, how = compile_conditions(base, batch, device, rounds)
+    picture = f"{slug}-llama-compile.png"
+    draw_frontier([(r.label, r.seconds, r.peak) for r in rows.values()], str(out / picture),
+                  f"llama under torch.compile on {name}",
+                  anchors=[r.label for r in rows.values() if r.anchor])
+    return compile_section("llama", rows, how, picture)
+
+
+def _compile_part_in_subprocess(args: argparse.Namespace, size: str, rounds: int) -> List[str]:
+    """On CPU the compile rows measure resident memory, which needs large tensors mmapped
+    (MALLOC_MMAP_THRESHOLD_): that slows eager steps, so it runs in a process of its own."""
+    with tempfile.TemporaryDirectory() as scratch:
+        result = Path(scratch) / "section.json"
+        subprocess.run([sys.executable, __file__, "--device", args.device, "--size", size,
+                        "--rounds", str(rounds), "--out", str(args.out),
+                        "--compile-section", str(result)],
+                       env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}, check=True)
+        return json.loads(result.read_text())
 
 
 def round_robin(copies: Dict[str, nn.Module], rows: Dict[str, Row],
@@ -387,20 +424,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile conditions (Llama-style model)")
+    parser.add_argument("--compile-section", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=1000,
                         help="layer calls per sample in the wrapper-overhead microbenchmark")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if (args.compile and device.type == "cpu" and argv is None
-            and os.environ.get("MALLOC_MMAP_THRESHOLD_") != "65536"):
-        # the CPU compile rows measure resident memory: large tensors must be mmapped
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+
     on_cuda = device.type == "cuda"
     size = args.size or ("1b" if on_cuda else "small")
     dtype = torch.bfloat16 if on_cuda else torch.float32
     rounds = args.rounds or 36  # a multiple of the 9 conditions: each starts a round alike
     name = device_name(device)
+    if args.compile_section is not None:  # the child of _compile_part_in_subprocess
+        base, _layer, batch = build("llama", size, device, dtype)
+        section = compile_part(base, batch, device, rounds, args.out, _slug(name), name)
+        args.compile_section.write_text(json.dumps(section))
+        return 0
     import transformers
 
     lines = [
@@ -431,16 +470,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\n".join(model_section(kind, rows, budget, device, picture)), flush=True)
         del copies
         if args.compile and kind == "llama":
-            copies, rows, how = compile_conditions(base, batch, device)
-            round_robin(copies, rows, batch, device, rounds)
-            picture = f"{slug}-{kind}-compile.png"
-            draw_frontier([(r.label, r.seconds, r.peak) for r in rows.values()],
-                          str(args.out / picture), f"{kind} under torch.compile on {name}",
-                          anchors=[r.label for r in rows.values() if r.anchor])
-            section = compile_section(kind, rows, how, picture)
+            section = (compile_part(base, batch, device, rounds, args.out, slug, name)
+                       if device.type == "cuda" else _compile_part_in_subprocess(args, size,
+                                                                                 rounds))
             lines += section
             print("\n".join(section), flush=True)
-            del copies
         del base
     plain_us, patched_us, overhead_us = wrapper_overhead_us(args.calls)
     cycle_ms = apply_remove_ms()
