@@ -52,6 +52,14 @@ def _start(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _finish():
+    """Both ranks done, then leave without interpreter teardown: gloo's threads can abort the
+    process there ("terminate called without an active exception") after the work is done."""
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _shard(x, rank):
     return x[rank * BATCH_PER_RANK:(rank + 1) * BATCH_PER_RANK]
 
@@ -85,7 +93,7 @@ def ddp(rank, world, port, out):
         }
     if rank == 0:
         torch.save(results, out)
-    dist.destroy_process_group()
+    _finish()
 
 
 def fsdp2(rank, world, port, out):
@@ -127,7 +135,7 @@ def fsdp2(rank, world, port, out):
         }
     if rank == 0:
         torch.save(results, out)
-    dist.destroy_process_group()
+    _finish()
 
 
 def ddp_without_fallback(rank, world, port, out):
@@ -146,4 +154,4 @@ def ddp_without_fallback(rank, world, port, out):
         error = str(caught)
     if rank == 0:
         torch.save({"error": error}, out)
-    dist.destroy_process_group()
+    _finish()
