@@ -39,3 +39,14 @@ def checkpoint_calls(monkeypatch):
 
     monkeypatch.setattr(torch_checkpoint, "checkpoint", spy)
     return calls
+
+
+@pytest.fixture
+def auto(monkeypatch):
+    """gcshim.auto imported but off; the test turns it on with the settings it wants."""
+    monkeypatch.setenv("GCSHIM_DISABLE", "1")
+    import gcshim.auto as module
+
+    module.deactivate()
+    yield module
+    module.deactivate()

@@ -144,3 +144,15 @@ def assert_same_grads(reference: Dict[str, torch.Tensor], model: nn.Module,
     assert got.keys() == reference.keys(), (sorted(reference), sorted(got))
     for name, grad in reference.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=atol, msg=name)
+
+
+class Mlp(nn.Module):
+    """A residual MLP block: activation memory that checkpointing visibly saves."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.up = nn.Linear(width, 4 * width)
+        self.down = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))

@@ -16,17 +16,6 @@ SCRIPT = Path(__file__).parent / "scripts" / "legacy_train.py"
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.fixture
-def auto(monkeypatch):
-    """gcshim.auto imported but off; the test turns it on with the settings it wants."""
-    monkeypatch.setenv("GCSHIM_DISABLE", "1")
-    import gcshim.auto as module
-
-    module.deactivate()
-    yield module
-    module.deactivate()
-
-
 # -- settings -------------------------------------------------------------------------------
 def test_settings_parse_every_variable():
     settings = Settings.from_environ({

@@ -4,22 +4,13 @@ import copy
 
 import pytest
 import torch
+from models import Mlp
 from torch import nn
 
 import gcshim
 from gcshim.memory import peak_bytes
 from gcshim.planner import estimate_peak, recompute_order
 from gcshim.profile import LayerCost
-
-
-class Mlp(nn.Module):
-    def __init__(self, width=32):
-        super().__init__()
-        self.up = nn.Linear(width, 4 * width)
-        self.down = nn.Linear(4 * width, width)
-
-    def forward(self, x):
-        return x + self.down(torch.relu(self.up(x)))
 
 
 def _model(layers=8):

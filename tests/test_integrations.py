@@ -12,16 +12,6 @@ from gcshim.settings import Settings
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def auto(monkeypatch):
-    monkeypatch.setenv("GCSHIM_DISABLE", "1")
-    import gcshim.auto as module
-
-    module.deactivate()
-    yield module
-    module.deactivate()
-
-
 def _checkpointing_flag(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+from models import Mlp
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -13,16 +14,6 @@ from gcshim import api
 from gcshim.offload import Offloader, _OnHost
 
 MODES = [False, True]
-
-
-class Mlp(nn.Module):
-    def __init__(self, width=32):
-        super().__init__()
-        self.up = nn.Linear(width, 4 * width)
-        self.down = nn.Linear(4 * width, width)
-
-    def forward(self, x):
-        return x + self.down(torch.relu(self.up(x)))
 
 
 class HostCopies(Offloader):
