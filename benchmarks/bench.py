@@ -98,6 +98,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed_step(model: nn.Module, batch: Dict[str, torch.Tensor], device: torch.device) -> float:
+    """Seconds one training step takes (the device synchronised on both sides)."""
+    _sync(device)
+    start = time.perf_counter()
+    _step(model, batch)
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def _checkpointed_by_torch(model: nn.Module, layer: type) -> int:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         CheckpointImpl,
@@ -199,13 +208,7 @@ def compile_conditions(base: nn.Module, batch: Dict[str, torch.Tensor], device: 
                     inductor_config.patch(force_disable_caches=True):
                 _step(model, batch)
         peak = measure(model)
-        times = []
-        for _ in range(rounds):
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, batch)
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times = [_timed_step(model, batch, device) for _ in range(rounds)]
         rows[label] = Row(label, total if applied else 0, peak, statistics.median(times),
                           anchor=anchor)
 
@@ -268,12 +271,7 @@ def round_robin(copies: Dict[str, nn.Module], rows: Dict[str, Row],
         # each round starts at a different condition: no condition always runs first or last
         start_at = round_index % len(labels)
         for label in labels[start_at:] + labels[:start_at]:
-            model = copies[label]
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, batch)
-            _sync(device)
-            times[label].append(time.perf_counter() - start)
+            times[label].append(_timed_step(copies[label], batch, device))
     for label, samples in times.items():
         rows[label].seconds = statistics.median(samples)
 
