@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import gcshim
+from gcshim.checkpoint import non_reentrant_saves_inputs
 from gcshim.frontier import draw_frontier
 from gcshim.memory import format_bytes, peak_bytes
 
@@ -152,7 +153,8 @@ def conditions(base: nn.Module, layer: type, batch: Dict[str, torch.Tensor],
     handle = gcshim.apply(model, budget=budget, example_inputs=batch)
     add("gcshim budget", model, len(handle.layers))
     model = copy.deepcopy(base)
-    handle = gcshim.apply(model, offload=True)
+    # torch 2.0's non-reentrant checkpoint cannot offload: reentrant there
+    handle = gcshim.apply(model, offload=True, use_reentrant=not non_reentrant_saves_inputs())
     add("gcshim offload", model, len(handle.layers))
     return copies, rows, format_bytes(budget) + f" ({budget} bytes)"
 

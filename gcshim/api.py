@@ -15,7 +15,8 @@ from . import hf_flags, policy
 from . import patch as _patch
 from ._log import logger, notice_once
 from .adapters import find_adapter
-from .checkpoint import CheckpointOptions, make_options
+from .checkpoint import CheckpointOptions, make_options, non_reentrant_saves_inputs
+from .errors import UnsupportedOptionError
 from .memory import parse_bytes
 from .offload import Offloader
 from .planner import Plan, make_plan
@@ -157,7 +158,7 @@ def apply(
     """
     _check_model(model)
     options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
-    budget_bytes = _check_policy(every, first, last, budget, example_inputs, offload)
+    budget_bytes = _check_policy(every, first, last, budget, example_inputs, offload, options)
     with _lock:
         if _applied_to(model):
             notice_once(
@@ -197,7 +198,7 @@ def plan(
     numbers) when even checkpointing every layer does not fit."""
     _check_model(model)
     options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
-    budget_bytes = _check_policy(None, None, None, budget, example_inputs, offload)
+    budget_bytes = _check_policy(None, None, None, budget, example_inputs, offload, options)
     with _lock:
         if _applied_to(model):
             raise RuntimeError(f"gcshim: {type(model).__name__} is already applied; call "
@@ -207,11 +208,16 @@ def plan(
 
 
 def _check_policy(every: Any, first: Any, last: Any, budget: Any, example_inputs: Any,
-                  offload: Any) -> Optional[int]:
+                  offload: Any, options: CheckpointOptions) -> Optional[int]:
     """Validate the policy options before anything is touched; the budget in bytes."""
     policy.check_uniform(every, first, last, budget)
     if not isinstance(offload, bool):
         raise TypeError(f"offload must be a bool, got {offload!r}")
+    if offload and not options.use_reentrant and not non_reentrant_saves_inputs():
+        raise UnsupportedOptionError(
+            f"offload=True with use_reentrant=False needs torch>=2.1: torch {torch.__version__}'s "
+            "non-reentrant checkpoint holds layer inputs where saved-tensor hooks cannot move "
+            "them (offload would do nothing); pass use_reentrant=True or upgrade torch")
     if budget is None:
         if example_inputs is not None:
             raise ValueError("example_inputs= is only used with budget=")

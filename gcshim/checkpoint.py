@@ -112,6 +112,12 @@ def make_options(
     )
 
 
+def non_reentrant_saves_inputs() -> bool:
+    """Whether non-reentrant checkpoint keeps the layer's inputs as saved tensors (torch 2.1+),
+    where saved-tensor hooks such as offload's see them; 2.0 holds them in a closure."""
+    return hasattr(_torch_checkpoint, "_checkpoint_without_reentrant_generator")
+
+
 def is_compiling() -> bool:
     """Whether torch.compile (dynamo) is tracing this call."""
     compiler = getattr(torch, "compiler", None)

@@ -13,7 +13,9 @@ import copy
 import weakref
 from typing import Any, Iterator, Optional, Tuple
 
+import torch
 import wrapt
+from packaging.version import Version
 from torch import nn
 
 from . import hf_flags
@@ -22,6 +24,12 @@ from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions
 from .offload import Offloader
 from .runtime import CheckpointedCall
+
+# wrapt gives the proxy the wrapped bound method's __class__. torch.compile before 2.5 then takes
+# the wrapper for that method and traces the original forward: no checkpointing, silently. With
+# the wrapper's own class it calls the wrapper, which checkpoints between graph pieces (a graph
+# break per layer). From 2.5 dynamo traces the wrapper whole, and the override would break it.
+_DYNAMO_TAKES_PROXY_FOR_METHOD = Version(torch.__version__).release < (2, 5)
 
 
 class CheckpointedForward(wrapt.FunctionWrapper):
@@ -46,6 +54,12 @@ class CheckpointedForward(wrapt.FunctionWrapper):
         # it cannot read wrapt's C-level ones.
         layer = getattr(wrapped, "__self__", None)
         self._self_gcshim_bound = (wrapped, layer) if isinstance(layer, nn.Module) else None
+
+    if _DYNAMO_TAKES_PROXY_FOR_METHOD:
+
+        @property
+        def __class__(self) -> type:
+            return type(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The call wrapt's C proxy makes, spelled in Python so that torch.compile can trace

@@ -38,7 +38,10 @@ def _map_leaves(node: Any, leaf: Callable[[Any], Any]) -> Any:
         return kind(*(_map_leaves(item, leaf) for item in node))
     if kind is dict or kind is OrderedDict:
         return kind((key, _map_leaves(value, leaf)) for key, value in node.items())
-    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+    if isinstance(node, (_Slot, torch.Tensor)):  # the usual leaves, decided at once
+        return leaf(node)
+    # not dataclasses.is_dataclass: torch.compile before 2.5 cannot trace it
+    if hasattr(kind, "__dataclass_fields__") and not isinstance(node, type):
         changes = {
             f.name: _map_leaves(getattr(node, f.name), leaf)
             for f in dataclasses.fields(node)
@@ -68,7 +71,7 @@ def flatten_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[List[to
 def unflatten_call(skeleton: Any, tensors: Sequence[torch.Tensor]
                    ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """The (args, kwargs) that `flatten_call` took apart."""
-    if skeleton is _TENSORS_ONLY:
+    if isinstance(skeleton, _Call):  # not `is`: torch.compile before 2.5 cannot trace that here
         return tuple(tensors), {}
     return unflatten(skeleton, tensors)
 
