@@ -2,13 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import contextlib
+import re
+import warnings
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 WIDTH = 16
+
+TORCH = tuple(int(p) for p in torch.__version__.split(".")[:2])
+# torch 2.0's dynamo asserts that a module's forward is a function or a bound method, so it
+# cannot compile a model whose layers gcshim patched (torch >= 2.1 traces them).
+COMPILES_PATCHED_LAYERS = TORCH >= (2, 1)
+NO_COMPILE_REASON = (f"torch {torch.__version__}'s dynamo cannot compile gcshim-patched layers "
+                     "(AssertionError: a module's forward must be a function or method)")
+# Before 2.5, dynamo cannot trace gcshim's checkpoint call into the graph: each checkpointed
+# layer is a graph break and checkpoints eagerly in between (same memory and gradients).
+COMPILES_IN_ONE_GRAPH = TORCH >= (2, 5)
+
+
+
+def fsdp2_missing() -> Optional[str]:
+    """Why FSDP2 cannot shard over CPU (gloo) ranks with this torch; None where it can."""
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.distributed.fsdp.fully_shard (FSDP2)"
+    if not hasattr(torch.cpu.Stream, "record_event"):  # FSDP2 records events on its streams
+        return f"torch {torch.__version__}'s FSDP2 cannot run on CPU (no Stream.record_event)"
+    return None
+
+
+# torch 2.4's own checkpoint recompute enters the deprecated torch.cpu.amp.autocast: a
+# FutureWarning every torch.utils.checkpoint user gets there, not one gcshim adds.
+TORCHS_OWN_WARNINGS = (r"`torch\.cpu\.amp\.autocast\(args\.\.\.\)` is deprecated",)
+
+
+@contextlib.contextmanager
+def warnings_as_errors() -> Iterator[None]:
+    """Every warning raises, but those torch gives any checkpoint user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for message in TORCHS_OWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def not_torchs_own(caught: List[warnings.WarningMessage]) -> List[str]:
+    """The messages of recorded warnings, less those torch gives any checkpoint user."""
+    return [str(w.message) for w in caught
+            if not any(re.search(m, str(w.message)) for m in TORCHS_OWN_WARNINGS)]
 
 
 class RopeLikeBlock(nn.Module):

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from models import WIDTH, CacheCallerModel, LayerPastBlock, PastKeyValueBlock
+from models import WIDTH, CacheCallerModel, LayerPastBlock, PastKeyValueBlock, warnings_as_errors
 
 import gcshim
 from gcshim import GcshimWarning
@@ -68,8 +68,7 @@ def test_one_warning_per_layer_class_not_per_step():
 def test_no_warning_when_no_cache_is_asked_for():
     model = CacheCallerModel(PastKeyValueBlock).train()
     gcshim.apply(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         h = torch.randn(3, WIDTH)
         for layer in model.layers:
             h = layer(h, use_cache=False)[0]
@@ -79,8 +78,7 @@ def test_no_warning_when_no_cache_is_asked_for():
 def test_caches_untouched_when_not_checkpointing():
     model = CacheCallerModel(PastKeyValueBlock).train()
     gcshim.apply(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         with torch.no_grad():
             _, caches = model(torch.randn(3, WIDTH))
         model.eval()

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from models import COMPILES_IN_ONE_GRAPH, COMPILES_PATCHED_LAYERS, NO_COMPILE_REASON
 from packaging.version import Version
 from torch import nn
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="torch.compile is not available for this torch and Python")
 
 MODES = [False, True]
+compiles_patched = pytest.mark.skipif(not COMPILES_PATCHED_LAYERS, reason=NO_COMPILE_REASON)
 
 
 class Block(nn.Module):
@@ -62,6 +64,7 @@ def _compiled_step(model, x):
     return breaks, graphs, peak
 
 
+@compiles_patched
 @pytest.mark.parametrize("reentrant", MODES)
 def test_compiled_applied_model_trains_alike_with_no_extra_graph_breaks(reentrant):
     torch.manual_seed(0)
@@ -72,13 +75,18 @@ def test_compiled_applied_model_trains_alike_with_no_extra_graph_breaks(reentran
     x = torch.randn(256, 32)
     plain_breaks, plain_graphs, plain_peak = _compiled_step(plain, x)
     breaks, graphs, peak = _compiled_step(applied, x)
-    assert (breaks, graphs) == (plain_breaks, plain_graphs) == (0, 1)
+    assert (plain_breaks, plain_graphs) == (0, 1)
+    if COMPILES_IN_ONE_GRAPH:
+        assert (breaks, graphs) == (0, 1)
+    else:  # the limitation before torch 2.5: eager checkpoints between graph pieces
+        assert breaks > 0
     assert peak < 0.75 * plain_peak  # checkpointing still pays under compile
     eager(x).pow(2).sum().backward()
     for (name, p), q in zip(applied.named_parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+@compiles_patched
 def test_compiled_transformers_model_has_no_graph_break_from_gcshim():
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -96,18 +104,25 @@ def test_compiled_transformers_model_has_no_graph_break_from_gcshim():
     for model in (plain, applied):
         dynamo.reset()
         counters.clear()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loss = torch.compile(model, backend="aot_eager")(input_ids=ids, labels=ids).loss
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                loss = torch.compile(model, backend="aot_eager")(input_ids=ids, labels=ids).loss
+        except Exception as error:  # noqa: BLE001
+            if model is applied:
+                raise
+            pytest.skip(f"torch {torch.__version__} cannot compile transformers "
+                        f"{transformers.__version__}'s Llama, gcshim or not: {error}")
         loss.backward()
         results.append((sum(counters["graph_break"].values()), loss.detach()))
     (plain_breaks, plain_loss), (breaks, loss) = results
-    assert breaks <= plain_breaks
+    assert breaks <= plain_breaks or not COMPILES_IN_ONE_GRAPH
     torch.testing.assert_close(loss, plain_loss)
     for (name, p), q in zip(applied.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name, rtol=1e-4, atol=1e-6)
 
 
+@compiles_patched
 def test_without_a_python_call_the_wrapper_would_break_the_graph(monkeypatch):
     """Why CheckpointedForward spells out __call__: wrapt's C-level call is opaque to dynamo."""
     from gcshim.patch import CheckpointedForward
@@ -118,3 +133,18 @@ def test_without_a_python_call_the_wrapper_would_break_the_graph(monkeypatch):
     gcshim.apply(applied)
     breaks, graphs, _peak = _compiled_step(applied, torch.randn(8, 32))
     assert breaks > 0 or graphs > 1
+
+
+@pytest.mark.skipif(COMPILES_PATCHED_LAYERS, reason="this torch compiles patched layers")
+def test_torch_2_0_dynamo_refuses_patched_layers_and_remove_gives_compile_back():
+    """The limitation, as users meet it on torch 2.0: dynamo's own assertion at the first
+    patched layer; eager checkpointing works, and after remove() the model compiles."""
+    torch.manual_seed(0)
+    model = Net()
+    handle = gcshim.apply(model)
+    x = torch.randn(8, 32)
+    with pytest.raises(Exception, match="AssertionError|forward"):
+        _compiled_step(model, x)
+    handle.remove()
+    breaks, graphs, _peak = _compiled_step(model, x)
+    assert (breaks, graphs) == (0, 1)

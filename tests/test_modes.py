@@ -1,10 +1,9 @@
 """Behaviour 4: checkpoint only in training with grad enabled; otherwise the original forward."""
 
-import warnings
 
 import pytest
 import torch
-from models import RopeLikeModel
+from models import RopeLikeModel, warnings_as_errors
 
 import gcshim
 
@@ -26,8 +25,7 @@ def test_original_forward_runs_untouched(checkpoint_calls, context, reentrant):
         "no_grad": torch.no_grad,
         "inference_mode": torch.inference_mode,
     }.get(context, torch.enable_grad)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings_as_errors():
         with guard():
             out = model(ids)
     assert calls == []

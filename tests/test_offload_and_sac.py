@@ -11,9 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gcshim
 from gcshim import api
+from gcshim.checkpoint import non_reentrant_saves_inputs
 from gcshim.offload import Offloader, _OnHost
 
 MODES = [False, True]
+# offload on torch 2.0 takes reentrant checkpointing (the test below shows the refusal)
+OFFLOADABLE = {} if non_reentrant_saves_inputs() else {"use_reentrant": True}
 
 
 class HostCopies(Offloader):
@@ -41,6 +44,9 @@ def _train(model, x):
 
 @pytest.mark.parametrize("reentrant", MODES)
 def test_offload_moves_every_checkpointed_input_but_the_last_layers(monkeypatch, reentrant):
+    if not reentrant and not non_reentrant_saves_inputs():
+        pytest.skip(f"torch {torch.__version__}: offload needs use_reentrant=True here "
+                    "(refused with UnsupportedOptionError, see the test below)")
     offloader = HostCopies(min_bytes=1024)
     monkeypatch.setattr(api, "_offloader", lambda offload: offloader if offload else None)
     model = nn.Sequential(*[Mlp() for _ in range(4)])
@@ -57,11 +63,29 @@ def test_offload_moves_every_checkpointed_input_but_the_last_layers(monkeypatch,
         torch.testing.assert_close(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("entry", ["apply", "plan"])
+def test_offload_is_refused_where_non_reentrant_checkpoint_hides_its_inputs(monkeypatch, entry):
+    """torch 2.0's non-reentrant checkpoint keeps inputs in a closure: offload could not move
+    them, so it is an error rather than a silent no-op; reentrant offload still works there."""
+    monkeypatch.setattr(api, "non_reentrant_saves_inputs", lambda: False)
+    model = nn.Sequential(*[Mlp() for _ in range(3)])
+    before = {id(m): dict(vars(m)) for m in model.modules()}
+    x = torch.randn(8, 32)
+    with pytest.raises(gcshim.UnsupportedOptionError, match="use_reentrant=True or upgrade"):
+        if entry == "apply":
+            gcshim.apply(model, offload=True)
+        else:
+            gcshim.plan(model, (x,), budget="1GiB", offload=True)
+    assert {id(m): dict(vars(m)) for m in model.modules()} == before
+    assert not gcshim.is_applied(model)
+    gcshim.apply(model, offload=True, use_reentrant=True).remove()
+
+
 def test_offload_leaves_small_tensors_on_the_device(monkeypatch):
     offloader = HostCopies(min_bytes=1 << 20)
     monkeypatch.setattr(api, "_offloader", lambda offload: offloader)
     model = nn.Sequential(*[Mlp() for _ in range(3)])
-    gcshim.apply(model, offload=True)
+    gcshim.apply(model, offload=True, **OFFLOADABLE)
     _train(model, torch.randn(8, 32))
     assert offloader.sent == [] and offloader.fetched == 0
 
@@ -71,7 +95,7 @@ def test_offload_without_cuda_is_a_noop_with_one_notice(gcshim_log):
         pytest.skip("this machine has CUDA")
     model = nn.Sequential(*[Mlp() for _ in range(3)])
     reference = copy.deepcopy(model)
-    handle = gcshim.apply(model, offload=True)
+    handle = gcshim.apply(model, offload=True, **OFFLOADABLE)
     assert len(handle.layers) == 3
     x = torch.randn(8, 32)
     _train(model, x)
@@ -79,7 +103,7 @@ def test_offload_without_cuda_is_a_noop_with_one_notice(gcshim_log):
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     handle.remove()
-    gcshim.apply(model, offload=True)
+    gcshim.apply(model, offload=True, **OFFLOADABLE)
     notices = [r for r in gcshim_log.records if "offload=True does nothing" in r.getMessage()]
     assert len(notices) == 1 and notices[0].levelno == logging.INFO
 
@@ -89,6 +113,8 @@ def test_offload_without_cuda_is_a_noop_with_one_notice(gcshim_log):
 def test_offload_on_cuda_keeps_gradients_and_lowers_the_peak(reentrant):
     from gcshim.memory import peak_bytes
 
+    if not reentrant and not non_reentrant_saves_inputs():
+        pytest.skip(f"torch {torch.__version__}: offload needs use_reentrant=True here")
     device = torch.device("cuda")
     model = nn.Sequential(*[Mlp(256) for _ in range(6)]).to(device)
     reference = copy.deepcopy(model)

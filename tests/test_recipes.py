@@ -6,23 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from models import COMPILES_PATCHED_LAYERS, NO_COMPILE_REASON, fsdp2_missing
 
 RECIPE = Path(__file__).parents[1] / "docs" / "recipes" / "scale_out.py"
-
-
-def _fully_shard_available():
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 @pytest.mark.parametrize("recipe", [
     "ddp",
-    pytest.param("fsdp2", marks=pytest.mark.skipif(not _fully_shard_available(),
-                                                   reason="no fully_shard in this torch")),
+    pytest.param("fsdp2", marks=pytest.mark.skipif(fsdp2_missing() is not None,
+                                                   reason=str(fsdp2_missing()))),
 ])
 def test_distributed_recipe_runs_under_torchrun(recipe):
     result = subprocess.run(
@@ -33,6 +26,7 @@ def test_distributed_recipe_runs_under_torchrun(recipe):
     assert result.stdout.count("loss") == 3
 
 
+@pytest.mark.skipif(not COMPILES_PATCHED_LAYERS, reason=NO_COMPILE_REASON)
 def test_compile_recipe_runs():
     # aot_eager: the same tracing and partitioning as inductor, without its minute of codegen
     result = subprocess.run([sys.executable, str(RECIPE), "compile", "aot_eager"],

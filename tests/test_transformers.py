@@ -90,7 +90,10 @@ def test_use_cache_in_config_is_neutralised_with_one_warning():
         for _ in range(3):
             model(input_ids=ids, labels=ids).loss.backward()
     ours = [w for w in caught if issubclass(w.category, gcshim.GcshimWarning)]
-    assert len(ours) == 1 and "LlamaDecoderLayer" in str(ours[0].message)
+    # transformers 5.0 drops the cache itself once gcshim has set its checkpointing flag, so no
+    # cache reaches the layer there and gcshim has nothing to say
+    expected = 0 if transformers.__version__.startswith("5.0.") else 1
+    assert len(ours) == expected and all("LlamaDecoderLayer" in str(w.message) for w in ours)
 
 
 def test_transformers_own_checkpointing_is_not_nested():

@@ -1,9 +1,7 @@
 """Models whose own checkpointing transformers lacks, breaks, or turns into a silent no-op."""
 
 import copy
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,7 @@ import gcshim
 from gcshim.adapters import find_adapter
 
 transformers = pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import arch_sweep  # noqa: E402
+from sweep_records import arch_sweep, require_attribute, require_ran  # noqa: E402
 
 # supports_gradient_checkpointing = False (enable raises), and the hybrids sharing one block
 UNSUPPORTED = ["albert", "ctrl", "openai-gpt", "xlnet", "mpnet", "squeezebert", "funnel",
@@ -28,8 +25,7 @@ def test_gcshim_checkpoints_what_transformers_cannot(arch, monkeypatch):
     if arch in HYBRIDS:  # the Mamba reference kernels are slow on CPU: a shorter batch
         monkeypatch.setattr(tiny_models, "SEQ", 8)
         monkeypatch.setattr(tiny_models, "BATCH", 2)
-    record = arch_sweep.run_architecture(arch)
-    assert record["status"] == "ran", record
+    record = require_ran(arch_sweep.run_architecture(arch))
     for condition, entry in record["conditions"].items():
         assert entry["gcshim"]["status"] == "pass", (arch, condition, entry["gcshim"])
         assert entry["gcshim"]["recomputed"] > 0
@@ -40,7 +36,7 @@ def test_gcshim_checkpoints_what_transformers_cannot(arch, monkeypatch):
 
 
 def _mllama_vision():
-    config = transformers.MllamaVisionConfig(
+    config = require_attribute(transformers, "MllamaVisionConfig")(
         hidden_size=32, num_hidden_layers=2, num_global_layers=2, attention_heads=4,
         intermediate_size=64, vision_output_dim=64, image_size=28, patch_size=14,
         max_num_tiles=2, supported_aspect_ratios=[[1, 1], [1, 2]],

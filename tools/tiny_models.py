@@ -149,7 +149,11 @@ def tiny_config(config_class: type, extra: Optional[Dict[str, Any]] = None,
         LAYERS = saved
         SMALL.update({name: saved for name in LAYER_FIELDS})
     overrides.update(extra or {})
-    return config_class(**overrides)
+    config = config_class(**overrides)
+    if not hasattr(config, "pad_token_id"):
+        # transformers 5.0.0: some configs (Phi, JetMoe) lack the pad_token_id their models read
+        config.pad_token_id = None
+    return config
 
 
 # -- which class, which inputs ----------------------------------------------------------------
@@ -242,6 +246,9 @@ def make_inputs(model: Any) -> Dict[str, Any]:
             inputs["labels"] = ids.clone()
         if "decoder_input_ids" in params:  # given, so no decoder_start_token_id is needed
             inputs["decoder_input_ids"] = torch.nn.functional.pad(ids[:, :-1], (1, 0))
+        if "token_type_ids" in params and "pixel_values" in params:
+            # vision-language models of transformers 5.0 require it in training (0: prefix)
+            inputs["token_type_ids"] = torch.zeros_like(ids)
     elif name == "pixel_values":
         inputs["pixel_values"] = _pixels(config)
         if "labels" in params and type(model).__name__.endswith("ForImageClassification"):

@@ -1,0 +1,36 @@
+"""Reading tools/arch_sweep.py records in tests, on whichever transformers is installed."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import arch_sweep  # noqa: E402,F401  (re-exported for the tests)
+
+
+def require_ran(record: dict) -> dict:
+    """The record of an architecture that ran; a skip, with why, when it could not run here.
+
+    An architecture newer than the installed transformers, or whose tiny model that release
+    cannot build, or which fails with no checkpointing at all (bugs of that release), has
+    nothing to test.
+    """
+    import transformers
+
+    where = f"transformers {transformers.__version__}"
+    if record["status"] == "absent":
+        pytest.skip(f"{where} has no {record['arch']}")
+    if record["status"] == "no-build":
+        pytest.skip(f"{where} cannot build a tiny {record['arch']}: {record['error']}")
+    if record["status"] == "no-baseline":
+        pytest.skip(f"{where}'s {record['arch']} fails with no checkpointing: {record['error']}")
+    assert record["status"] == "ran", record
+    return record
+
+
+def require_attribute(module, name: str):
+    """module.name, or a skip naming the release that lacks it."""
+    if not hasattr(module, name):
+        pytest.skip(f"{module.__name__} {getattr(module, '__version__', '')} has no {name}")
+    return getattr(module, name)
