@@ -1,4 +1,12 @@
-"""nox sessions. `nox -s tests` is what CI runs (the pinned CPU torch)."""
+"""nox sessions. `nox -s tests` is what CI runs (the pinned CPU torch).
+
+The compatibility matrix: `python tools/run_matrix.py` runs every `matrix` cell (one venv at a
+time, deleted after its run), then `nox -s compat` writes compat_matrix.md from the results.
+"""
+
+import os
+import sys
+from pathlib import Path
 
 import nox
 
@@ -58,3 +66,39 @@ def demo(session: nox.Session) -> None:
     session.install(TORCH)
     session.install("-e", ".")
     session.run("python", "-m", "gcshim", "demo", *session.posargs)
+
+
+sys.path.insert(0, str(Path(__file__).parent / "tools"))
+from matrix_cells import MATRIX, RESULTS, cell_id  # noqa: E402
+
+
+def _constraints(session: nox.Session, torch: str, transformers: str) -> str:
+    """Pins that keep the test extras from pulling another torch or transformers."""
+    lines = [f"torch=={torch}", f"transformers=={transformers}"]
+    if tuple(int(p) for p in torch.split(".")[:2]) < (2, 4):
+        lines.append("numpy<2")  # these torch builds were compiled against NumPy 1.x
+    path = Path(session.create_tmp()) / "constraints.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@nox.session
+@nox.parametrize("python,torch,transformers", MATRIX, ids=[cell_id(*c) for c in MATRIX])
+def matrix(session: nox.Session, torch: str, transformers: str) -> None:
+    """One cell: the whole suite on this torch and transformers; results into docs/compat/."""
+    session.install("-c", _constraints(session, torch, transformers), f"torch=={torch}",
+                    f"transformers=={transformers}", "-e", ".[test]",
+                    "setuptools<81")  # older lightning releases import pkg_resources
+    cell = cell_id(session.python, torch, transformers)
+    junit = Path(session.create_tmp()) / "junit.xml"
+    session.run("python", "tools/compat_cell.py", "run", "--junit", str(junit),
+                "--out", str(RESULTS / f"{cell}.json"), "--", *session.posargs)
+    if not os.environ.get("GCSHIM_KEEP_MATRIX_VENVS"):
+        # a CUDA build of torch is ~3 GB; the matrix keeps one venv at a time
+        session.run("rm", "-rf", session.virtualenv.location, external=True)
+
+
+@nox.session(python=False)
+def compat(session: nox.Session) -> None:
+    """compat_matrix.md from the cells' results in docs/compat/ (never edited by hand)."""
+    session.run("python", "tools/compat_report.py", str(RESULTS), "compat_matrix.md")
