@@ -5,7 +5,13 @@ from ._log import reset_notices
 from .adapters import Adapter, register_adapter, unregister_adapter
 from .api import Handle, applied, apply, is_applied, plan, remove, report
 from .checkpoint import supported_options
-from .errors import BudgetError, GcshimConfigError, GcshimWarning, UnsupportedOptionError
+from .errors import (
+    BudgetError,
+    GcshimConfigError,
+    GcshimWarning,
+    PatchedOverError,
+    UnsupportedOptionError,
+)
 from .planner import Plan
 from .report import LayerReport, Report
 from .side_effects import is_recomputing
@@ -19,6 +25,7 @@ __all__ = [
     "GcshimWarning",
     "Handle",
     "LayerReport",
+    "PatchedOverError",
     "Plan",
     "Report",
     "UnsupportedOptionError",

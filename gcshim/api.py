@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -68,8 +68,11 @@ class Handle:
         return bool(self.layers)
 
     def remove(self) -> None:
-        """Restore every layer this handle patched; harmless when called again."""
+        """Restore every layer this handle patched; harmless when called again. Raises
+        PatchedOverError, removing nothing, where another tool has wrapped gcshim's forward."""
         with _lock:
+            for path, module, _wrapper in self._patched:
+                _patch.check_removable(module, path)
             for _path, module, wrapper in reversed(self._patched):
                 _patch.unpatch(module, wrapper)
             self._patched = []
@@ -267,26 +270,34 @@ def _apply_selection(model: nn.Module, selection: Selection, options: Checkpoint
     offloader = _offloader(offload)
     last_path = selection.chosen[-1][0] if selection.chosen else None
     patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]] = []
+    switched_off: Dict[nn.Module, Any] = {}
+    marked_stacks: List[Tuple[nn.Module, hf_flags.Saved]] = []
     current = ""
     try:
         for current, module in selection.chosen:
             adapter = find_adapter(module, ancestor_classes(model, current))
             # backward needs the last layer's inputs first: they stay on the device
             layer_offloader = offloader if current != last_path else None
-            wrapper = _patch.patch(module, adapter, options, model, layer_offloader)
+            wrapper = _patch.patch(module, adapter, options, model, layer_offloader, current)
             patched.append((current, module, wrapper))
-    except BaseException as error:
+        current = ""
+        hf_flags.switch_off(selection.switch_off, switched_off)
+        flagged = [path for path, _m, wrapper in patched
+                   if wrapper._self_gcshim_flags is not None]
+        for stack in hf_flags.stacks_to_mark(model, flagged):
+            marked_stacks.append((stack, hf_flags.mark(stack, options)))
+    except BaseException as error:  # KeyboardInterrupt too: all or nothing
+        for stack, saved in reversed(marked_stacks):
+            hf_flags.unmark(stack, saved)
+        hf_flags.switch_back(switched_off)
         for _path, module, wrapper in reversed(patched):
             _patch.unpatch(module, wrapper)
         if isinstance(error, Exception):
-            annotate(error, f"gcshim: could not patch {current!r}")
+            annotate(error, f"gcshim: could not patch {current!r}" if current else
+                     "gcshim: could not set transformers' checkpointing flags")
         raise
     for path, _module, why in selection.skipped:
         logger.info("gcshim: %s left alone: %s", path, why)
-    switched_off = hf_flags.switch_off(selection.switch_off)
-    flagged = [path for path, _m, wrapper in patched if wrapper._self_gcshim_flags is not None]
-    stacks = hf_flags.stacks_to_mark(model, flagged)
-    marked_stacks = [(stack, hf_flags.mark(stack, options)) for stack in stacks]
     handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
                     marked_stacks)
     _handles[model] = handle
@@ -304,10 +315,14 @@ def remove(model_or_handle: Union[nn.Module, Handle]) -> None:
         return
     model = _check_model(model_or_handle)
     with _lock:
-        handle = _handles.pop(model, None)
+        handle = _handles.get(model)
+        for path, module in model.named_modules():
+            _patch.check_removable(module, path)
+        found = list(_patch.iter_patched(model))
         if handle is not None:
             handle.remove()
-        for _path, module, _wrapper in list(_patch.iter_patched(model)):
+        _handles.pop(model, None)
+        for _path, module, _wrapper in found:
             _patch.unpatch(module)
 
 

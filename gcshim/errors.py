@@ -1,6 +1,15 @@
 """Exception and warning types that users can catch or filter."""
 
 
+def add_context(error: BaseException, context: str) -> None:
+    """Say where an error from the user's own code passed through gcshim, leaving its type,
+    message and traceback alone (a note where Python has them, 3.11+)."""
+    if hasattr(error, "add_note"):
+        error.add_note(context)
+    elif error.args and isinstance(error.args[0], str):
+        error.args = (f"{error.args[0]} [{context}]", *error.args[1:])
+
+
 class GcshimWarning(UserWarning):
     """A behaviour change gcshim made on the user's behalf (e.g. a cache it disabled)."""
 
@@ -19,3 +28,8 @@ class BudgetError(ValueError):
 
 class GcshimConfigError(ValueError):
     """A GCSHIM_* environment variable (or `gcshim run` option) with a value gcshim can't use."""
+
+
+class PatchedOverError(RuntimeError):
+    """remove() refused: another tool wrapped a layer's forward on top of gcshim's, so taking
+    gcshim's out would leave checkpointing running inside that tool's wrapper."""

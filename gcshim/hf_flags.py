@@ -111,13 +111,12 @@ def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
     return stacks
 
 
-def switch_off(modules: List[nn.Module]) -> Dict[nn.Module, Any]:
-    """Turn transformers' own flag off on `modules` (where it is broken); returns the undo."""
-    saved = {}
+def switch_off(modules: List[nn.Module], saved: Dict[nn.Module, Any]) -> None:
+    """Turn transformers' own flag off on `modules` (where it is broken), recording the undo in
+    `saved` as it goes (so an interruption half-way can still be undone)."""
     for module in modules:
         saved[module] = take(module, FLAG)
         module.__dict__[FLAG] = False
-    return saved
 
 
 def switch_back(saved: Dict[nn.Module, Any]) -> None:

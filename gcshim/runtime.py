@@ -14,6 +14,7 @@ from ._log import warn_once
 from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
 from .checkpoint import CheckpointOptions, checkpoint, is_compiling
+from .errors import add_context
 from .hf_flags import transformers_checkpoints
 from .offload import Offloader
 
@@ -56,11 +57,12 @@ def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
-    __slots__ = ("adapter", "options", "signature", "offloader", "_cache_names",
+    __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
                  "_cache_in_signature", "non_reentrant")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
-                 offloader: Optional[Offloader] = None):
+                 offloader: Optional[Offloader] = None, path: str = ""):
+        self.path = path  # the layer's path in the model, for error messages
         self.adapter = adapter
         self.options = options
         self.signature = signature
@@ -70,6 +72,10 @@ class CheckpointedCall:
         self._cache_in_signature = signature.mentions_any(self._cache_names)
         # where reentrant mode cannot work (torch.compile; DDP finding unused parameters)
         self.non_reentrant = dataclasses.replace(options, use_reentrant=False)
+
+    def where(self, module: nn.Module) -> str:
+        name = type(module).__qualname__
+        return f"{self.path!r} ({name})" if self.path else name
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
@@ -151,6 +157,15 @@ class CheckpointedCall:
                 # Traced into one graph: the recompute is the compiler's, not a second Python
                 # call, so there is nothing to guard, and a side effect here would break it.
                 return wrapped(*call_args, **call_kwargs)
+            try:
+                return run_eagerly(call_args, call_kwargs)
+            except Exception as error:
+                add_context(error, f"gcshim: raised in checkpointed layer {self.where(module)} "
+                            + ("while backward recomputed it" if first_forward else
+                               "in its forward"))
+                raise
+
+        def run_eagerly(call_args: Tuple[Any, ...], call_kwargs: Dict[str, Any]) -> Any:
             if not first_forward:
                 watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
