@@ -26,6 +26,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def stress(session: nox.Session) -> None:
+    """The long reliability runs: many generated trees, 10,000 apply/remove cycles."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "--hypothesis-show-statistics",
+                "tests/test_properties.py", "tests/test_concurrency.py", "tests/test_faults.py",
+                "tests/test_other_patchers.py", *session.posargs,
+                env={"HYPOTHESIS_PROFILE": "stress", "GCSHIM_STRESS_CYCLES": "10000"})
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "gcshim", "tests", "tools", "benchmarks", "docs", "noxfile.py")

@@ -1,4 +1,5 @@
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -50,3 +51,13 @@ def auto(monkeypatch):
     module.deactivate()
     yield module
     module.deactivate()
+
+
+try:  # the CI run generates a modest number of examples; nox -s stress many more
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", max_examples=60, deadline=None)
+    _hypothesis_settings.register_profile("stress", max_examples=3000, deadline=None)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:
+    pass

@@ -149,6 +149,11 @@ def test_frozen_base_with_reentrant_needs_no_input_require_grads():
 def test_state_dict_and_save_pretrained_names_unchanged(tmp_path):
     model = _gpt2()
     keys = list(model.state_dict())
+    try:
+        model.save_pretrained(tmp_path / "plain")
+    except ImportError as error:  # transformers asking this torch for what it lacks
+        pytest.skip(f"transformers {transformers.__version__} cannot save_pretrained on torch "
+                    f"{torch.__version__}, gcshim or not: {error}")
     gcshim.apply(model)
     assert list(model.state_dict()) == keys
     model.save_pretrained(tmp_path)
