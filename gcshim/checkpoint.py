@@ -128,7 +128,33 @@ def is_compiling() -> bool:
 
 
 def checkpoint(
-    function: Callable[..., Any], inputs: Sequence[torch.Tensor], options: CheckpointOptions
+    function: Callable[..., Any], inputs: Sequence[torch.Tensor], options: CheckpointOptions,
+    compiling: bool = False,
 ) -> Any:
     """Run `function(*inputs)` under torch's checkpoint with `options` (use_reentrant explicit)."""
-    return _torch_checkpoint.checkpoint(function, *inputs, **options._kwargs)
+    if compiling:  # traced: the compiler owns the error path
+        return _torch_checkpoint.checkpoint(function, *inputs, **options._kwargs)
+    try:
+        return _torch_checkpoint.checkpoint(function, *inputs, **options._kwargs)
+    except BaseException as error:
+        _close_checkpoint_frames(error.__traceback__)
+        raise
+
+
+def _close_checkpoint_frames(tb: Any) -> None:
+    """Let go of torch's checkpoint frames in a raised error's traceback.
+
+    Where torch does not close it itself (2.1 and 2.6 do not, 2.13 does), non-reentrant
+    checkpoint leaves its generator suspended inside its saved-tensor hooks when the layer
+    raises; the traceback keeps it alive, and while it lives every later checkpoint sees the
+    stale hooks ("A different number of tensors was saved"). Clearing those finished frames
+    closes the generator, which takes its hooks off.
+    """
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_filename == _torch_checkpoint.__file__:
+            try:
+                frame.clear()
+            except RuntimeError:  # still running (not one of torch's finished frames)
+                pass
+        tb = tb.tb_next

@@ -191,10 +191,10 @@ class CheckpointedCall:
             # none. An unused leaf that requires grad connects it.
             tensors = [*tensors, torch.zeros((), requires_grad=True)]
         if self.offloader is None:
-            output = checkpoint(run, tensors, options)
+            output = checkpoint(run, tensors, options, compiling)
         else:
             with self.offloader.moving_saved_inputs():
-                output = checkpoint(run, tensors, options)
+                output = checkpoint(run, tensors, options, compiling)
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output

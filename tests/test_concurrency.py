@@ -51,11 +51,11 @@ def _grads(model, x):
 
 
 def test_threads_apply_and_remove_on_models_of_the_same_classes():
-    classes = {cls: dict(vars(cls)) for cls in (Block, Net)}
     torch.manual_seed(0)
     models = [Net() for _ in range(THREADS)]
     x = torch.randn(4, 8)
     references = [_grads(copy.deepcopy(m), x) for m in models]
+    classes = {cls: dict(vars(cls)) for cls in (Block, Net)}  # after deepcopy's __slotnames__
     start = threading.Barrier(THREADS)
     errors = []
 
