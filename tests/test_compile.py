@@ -122,7 +122,7 @@ def test_compiled_transformers_model_has_no_graph_break_from_gcshim():
         torch.testing.assert_close(p.grad, q.grad, msg=name, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.skipif(TORCH < (2, 13), reason="dynamo before torch 2.13 traces wrapt's C-level call")
+@pytest.mark.skipif(TORCH < (2, 12), reason="dynamo before torch 2.12 traces wrapt's C-level call")
 def test_without_a_python_call_the_wrapper_would_break_the_graph(monkeypatch):
     """Why CheckpointedForward spells out __call__: wrapt's C-level call is opaque to dynamo."""
     from gcshim.patch import CheckpointedForward

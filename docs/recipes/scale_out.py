@@ -56,6 +56,7 @@ def ddp():
     model = Model()
     gcshim.apply(model)  # before wrapping
     train(nn.parallel.DistributedDataParallel(model))
+    dist.barrier()  # no rank leaves while another still talks to it
     dist.destroy_process_group()
 
 
@@ -70,6 +71,7 @@ def fsdp2():
         fully_shard(block)
     fully_shard(model)
     train(model)
+    dist.barrier()
     dist.destroy_process_group()
 
 
