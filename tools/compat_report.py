@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from matrix_cells import MATRIX, TORCH_CELLS, TRANSFORMERS_CELLS, cell_id  # noqa: E402
 
 COLUMNS = ("torch", "transformers", "Python", "result", "passed", "failed", "skipped",
-           "tests took", "also installed")
+           "tests took", "run at", "also installed")
 
 
 def load(results: Path) -> dict[str, dict]:
@@ -35,7 +35,7 @@ def verdict(result: dict | None) -> str:
 def row(cell: tuple[str, str, str], result: dict | None) -> str:
     python, torch, transformers = cell
     if result is None:
-        cells = (torch, transformers, python, "not run", "", "", "", "", "")
+        cells = (torch, transformers, python, "not run", "", "", "", "", "", "")
     else:
         v, c = result["versions"], result["counts"]
         took = result.get("test_seconds")
@@ -44,7 +44,7 @@ def row(cell: tuple[str, str, str], result: dict | None) -> str:
         cells = (v.get("torch", torch), v.get("transformers", transformers),
                  v.get("python", python), verdict(result), str(c["passed"]),
                  str(c["failed"] + c["error"]), str(c["skipped"]),
-                 f"{took / 60:.1f} min" if took else "", others)
+                 f"{took / 60:.1f} min" if took else "", result.get("date", ""), others)
     return "| " + " | ".join(cells) + " |"
 
 
