@@ -106,7 +106,7 @@ class Handle:
 def _row(path: str, module: nn.Module, wrapper: _patch.CheckpointedForward) -> LayerReport:
     call = wrapper.gcshim_call
     return LayerReport(path, type(module).__name__, "checkpointed", call.adapter.name,
-                       call.options.mode)
+                       call.mode, call.note)
 
 
 def _check_model(model: Any) -> nn.Module:
@@ -144,6 +144,7 @@ def apply(
     budget: Union[int, str, None] = None,
     example_inputs: Optional[ExampleInputs] = None,
     offload: bool = False,
+    strict: bool = False,
     **checkpoint_options: Any,
 ) -> Handle:
     """Checkpoint the chosen layers of `model` in place; returns a Handle to undo it.
@@ -156,11 +157,14 @@ def apply(
     budget: bytes (or "12GiB") one training step may allocate; gcshim measures a step on
         `example_inputs` and checkpoints the fewest layers that fit (see `gcshim.plan`).
     offload: keep checkpointed layers' inputs in pinned CPU memory until backward (CUDA).
+    strict: with use_reentrant=True, raise SideChannelError for a layer that hands a tensor
+        needing a gradient to later layers other than through its outputs (reentrant would
+        lose that gradient) instead of checkpointing that layer non-reentrant with a warning.
     use_reentrant, preserve_rng_state, and the other options of torch.utils.checkpoint that
         the installed torch has (context_fn, determinism_check, debug, early_stop, ...).
     """
     _check_model(model)
-    options = make_options(use_reentrant, preserve_rng_state, **checkpoint_options)
+    options = make_options(use_reentrant, preserve_rng_state, strict, **checkpoint_options)
     budget_bytes = _check_policy(every, first, last, budget, example_inputs, offload, options)
     with _lock:
         if _applied_to(model):

@@ -64,6 +64,9 @@ class CheckpointOptions:
     use_reentrant: bool = False
     preserve_rng_state: bool = True
     extra: Tuple[Tuple[str, Any], ...] = ()
+    # gcshim's, not torch's: raise where a layer cannot be checkpointed exactly in this mode,
+    # rather than checkpoint it non-reentrant
+    strict: bool = False
 
     @property
     def mode(self) -> str:
@@ -84,9 +87,12 @@ class CheckpointOptions:
 
 
 def make_options(
-    use_reentrant: bool = False, preserve_rng_state: bool = True, **extra: Any
+    use_reentrant: bool = False, preserve_rng_state: bool = True, strict: bool = False,
+    **extra: Any
 ) -> CheckpointOptions:
     """Check options against the installed torch; raise a clear error for anything off."""
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool, got {strict!r}")
     given = dict(extra, use_reentrant=use_reentrant, preserve_rng_state=preserve_rng_state)
     available = supported_options()
     for name, value in given.items():
@@ -109,6 +115,7 @@ def make_options(
         use_reentrant=use_reentrant,
         preserve_rng_state=preserve_rng_state,
         extra=tuple(sorted(extra.items())),
+        strict=strict,
     )
 
 

@@ -33,3 +33,9 @@ class GcshimConfigError(ValueError):
 class PatchedOverError(RuntimeError):
     """remove() refused: another tool wrapped a layer's forward on top of gcshim's, so taking
     gcshim's out would leave checkpointing running inside that tool's wrapper."""
+
+
+class SideChannelError(RuntimeError):
+    """A layer passes a tensor that needs a gradient to later layers other than through its
+    outputs, so reentrant checkpointing would lose that gradient, and gcshim may not switch the
+    layer to non-reentrant (strict=True, or offload on a torch without non-reentrant offload)."""

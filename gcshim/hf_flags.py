@@ -50,6 +50,14 @@ def is_transformers_model(module: nn.Module) -> bool:
     return any("is_gradient_checkpointing" in vars(klass) for klass in type(module).__mro__)
 
 
+def is_transformers_layer(module: nn.Module) -> bool:
+    """An instance of transformers' GradientCheckpointingLayer (4.52+): the layers transformers
+    itself means to checkpoint, in its own models and in code that subclasses them."""
+    return any(klass.__name__ == "GradientCheckpointingLayer"
+               and klass.__module__.startswith("transformers.")
+               for klass in type(module).__mro__[1:])
+
+
 def transformers_checkpoints(module: nn.Module) -> bool:
     """Whether transformers' own checkpointing is switched on for this module (not by gcshim)."""
     # Looked up without nn.Module.__getattr__ (it raises for a missing name): on every call.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,7 @@ class LayerReport:
     status: str  # "checkpointed" or "skipped: <reason>"
     adapter: str = ""
     mode: str = ""
+    note: str = ""  # why the mode differs from the one asked, what the recompute replays
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,13 @@ class Report:
     def __str__(self) -> str:
         if not self.rows:
             return f"gcshim: nothing applied to {self.model}"
-        header = ("layer path", "class", "status", "adapter", "mode")
+        header: Tuple[str, ...] = ("layer path", "class", "status", "adapter", "mode")
         table = [header] + [
             (row.path, row.layer, row.status, row.adapter, row.mode) for row in self.rows
         ]
+        if any(row.note for row in self.rows):
+            header = (*header, "note")
+            table = [header] + [line + (row.note,) for line, row in zip(table[1:], self.rows)]
         widths = [max(len(line[i]) for line in table) for i in range(len(header))]
         lines = [
             f"gcshim: {len(self.checkpointed)} of {len(self.rows)} layers of {self.model} "

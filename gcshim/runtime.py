@@ -9,12 +9,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import side_effects, tree
+from . import side_channels, side_effects, tree
 from ._log import warn_once
 from .adapters import Adapter, Signature
 from .adapters.base import returns_cache
-from .checkpoint import CheckpointOptions, checkpoint, is_compiling
-from .errors import add_context
+from .checkpoint import (
+    CheckpointOptions,
+    checkpoint,
+    is_compiling,
+    non_reentrant_saves_inputs,
+)
+from .errors import SideChannelError, add_context
 from .hf_flags import transformers_checkpoints
 from .offload import Offloader
 
@@ -58,7 +63,7 @@ class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
-                 "_cache_in_signature", "non_reentrant")
+                 "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = ""):
@@ -70,8 +75,14 @@ class CheckpointedCall:
         # Decided once, so a layer without cache arguments pays nothing for them per call.
         self._cache_names = adapter.cache_names
         self._cache_in_signature = signature.mentions_any(self._cache_names)
-        # where reentrant mode cannot work (torch.compile; DDP finding unused parameters)
+        # where reentrant mode cannot work (torch.compile; DDP finding unused parameters; a
+        # layer with a side channel)
         self.non_reentrant = dataclasses.replace(options, use_reentrant=False)
+        # What the first checkpointed call found (see gcshim.side_channels): whether it ran,
+        # why reentrant was given up for this layer, whether its recompute replays state.
+        self.probed = False
+        self.fallback: Optional[str] = None
+        self.replays_state: Optional[str] = None
 
     def where(self, module: nn.Module) -> str:
         name = type(module).__qualname__
@@ -129,9 +140,18 @@ class CheckpointedCall:
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
         options = self.options
-        if options.use_reentrant and is_compiling():
+        compiling = is_compiling()
+        probe = None
+        if compiling:
             # torch.compile cannot trace reentrant checkpointing (graph breaks around every
             # layer); non-reentrant gives the same gradients. No warning: one would be traced.
+            options = self.non_reentrant
+        elif not self.probed:
+            probe = side_channels.Probe(module, args, kwargs, tensors,
+                                         self.signature.positions)
+            # the first call keeps every graph (non-reentrant), whatever leaves the layer
+            options = self.non_reentrant
+        elif self.fallback is not None:
             options = self.non_reentrant
         elif options.use_reentrant and _ddp_breaks_reentrant():
             warn_once(
@@ -144,7 +164,15 @@ class CheckpointedCall:
             )
             options = self.non_reentrant
         reentrant = options.use_reentrant
-        compiling = not reentrant and is_compiling()
+        # state tensors the layer writes in place: their values before the call, for the recompute
+        if probe is not None:
+            held, copies = probe.held, probe.copies
+        elif self.replays_state is not None and not compiling:
+            held = side_channels.held_tensors(args, kwargs, tensors)
+            copies = side_channels.snapshot(held)
+        else:
+            held = copies = None
+        replay: List[side_channels.Replay] = []  # filled once the forward has run
         count = len(tensors)
         output_skeleton = []
         state_names = self.adapter.module_state
@@ -152,11 +180,17 @@ class CheckpointedCall:
         first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
 
         def run(*flat: torch.Tensor) -> Any:
-            call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
             if compiling:
                 # Traced into one graph: the recompute is the compiler's, not a second Python
                 # call, so there is nothing to guard, and a side effect here would break it.
+                call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                 return wrapped(*call_args, **call_kwargs)
+            if all(a is b for a, b in zip(flat, tensors)):
+                # the caller's own tensors (the forward; non-reentrant's recompute): the caller's
+                # own containers too, so that a dict or list the layer writes into is theirs
+                call_args, call_kwargs = args, kwargs
+            else:  # reentrant's recompute: its detached copies, in rebuilt containers
+                call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
             try:
                 return run_eagerly(call_args, call_kwargs)
             except Exception as error:
@@ -170,13 +204,14 @@ class CheckpointedCall:
                 watched = side_effects.watch_buffers(module)
                 output = wrapped(*call_args, **call_kwargs)
                 first_forward.append(side_effects.changed_buffers(watched))
-            elif not first_forward[0] and not state_before:  # the usual: nothing to put back
+            elif not first_forward[0] and not state_before and not replay:  # the usual
                 with side_effects.recomputing():
                     output = wrapped(*call_args, **call_kwargs)
             else:
                 with side_effects.recomputing(), \
                         side_effects.buffers_kept(first_forward[0]), \
-                        side_effects.state_replayed(module, state_names, state_before):
+                        side_effects.state_replayed(module, state_names, state_before), \
+                        side_effects.maybe(replay[0] if replay else None):
                     output = wrapped(*call_args, **call_kwargs)
             if not reentrant:
                 return output
@@ -195,6 +230,61 @@ class CheckpointedCall:
         else:
             with self.offloader.moving_saved_inputs():
                 output = checkpoint(run, tensors, options, compiling)
+        if held:
+            found = side_channels.replay_of(held, copies)
+            if found is not None:
+                replay.append(found)
+        if probe is not None:
+            self._settle(module, probe.findings())
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output
+
+    @property
+    def mode(self) -> str:
+        """The mode this layer is checkpointed in, and why when it differs from the one asked."""
+        if self.fallback is not None:
+            return "non-reentrant (fallback)"
+        return self.options.mode
+
+    @property
+    def note(self) -> str:
+        notes = []
+        if self.fallback is not None:
+            notes.append(f"reentrant would lose a gradient: it {self.fallback}")
+        if self.replays_state is not None:
+            notes.append(f"recompute replays state it {self.replays_state}")
+        return "; ".join(notes)
+
+    def _settle(self, module: nn.Module, findings: List[side_channels.Finding]) -> None:
+        """Decide, from the first call's findings, how this layer is checkpointed from now on."""
+        self.probed = True
+        state = [str(f) for f in findings if f.kind == "in-place state"]
+        if state:
+            self.replays_state = "; ".join(state)
+        escapes = [f for f in findings if f.kind != "in-place state"]
+        if not escapes or not self.options.use_reentrant:
+            return  # non-reentrant keeps the graph of whatever leaves the layer
+        first_of_kind = {f.kind: str(f) for f in reversed(escapes)}
+        why = "; and ".join(reversed(first_of_kind.values()))
+        if len(escapes) > len(first_of_kind):
+            why += f" (and {len(escapes) - len(first_of_kind)} more such places)"
+        if self.options.strict or (self.offloader is not None
+                                   and not non_reentrant_saves_inputs()):
+            self.probed = False  # the next call finds it again, and raises again
+            blocker = ("strict=True" if self.options.strict else
+                       "offload=True needs reentrant checkpointing on this torch")
+            raise SideChannelError(
+                f"gcshim: layer {self.where(module)} {why}; under reentrant checkpointing "
+                "that tensor's gradient would be lost, and "
+                f"{blocker} keeps gcshim from checkpointing the layer non-reentrant. Pass "
+                "use_reentrant=False, or leave this layer out of `layers`.")
+        self.fallback = why
+        warn_once(
+            f"side-channel:{self.path}:{type(module).__module__}.{type(module).__qualname__}",
+            f"gcshim: layer {self.where(module)} {why}; under reentrant checkpointing that "
+            "tensor's gradient would be lost (a silently wrong gradient), so gcshim "
+            "checkpoints this layer non-reentrant (exact gradients, same memory). "
+            "To choose yourself: use_reentrant=False, or strict=True to raise instead. Shown "
+            "once per layer.",
+        )

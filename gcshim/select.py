@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 from torch import nn
 
 from .adapters import find_adapter, has_specific_adapter
-from .hf_flags import transformers_checkpoints
+from .hf_flags import is_transformers_layer, transformers_checkpoints
 from .patch import patched_forward
 
 LayerMatcher = Callable[[str, nn.Module], bool]
@@ -161,28 +161,41 @@ def _no_split_class_names(model: nn.Module) -> List[str]:
     return names
 
 
-DECLARED = "adapter table + transformers _no_split_modules"
+DECLARED = "declared"
+_TABLE, _LAYER, _NO_SPLIT = ("adapter table", "transformers GradientCheckpointingLayer",
+                             "transformers _no_split_modules")
+
+
+def _is_declared_layer(module: nn.Module) -> bool:
+    """A layer the adapter table or transformers itself names as the unit to checkpoint."""
+    return has_specific_adapter(module) or is_transformers_layer(module)
 
 
 def _declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
-    """Which of the two declared sources the matches came from."""
-    by_table = [has_specific_adapter(module) for _path, module in matches]
-    if all(by_table):
-        return "adapter table"
-    return DECLARED if any(by_table) else "transformers _no_split_modules"
+    """Which of the declared sources the matches came from, in a fixed order."""
+    found = set()
+    for _path, module in matches:
+        if has_specific_adapter(module):
+            found.add(_TABLE)
+        elif is_transformers_layer(module):
+            found.add(_LAYER)
+        else:
+            found.add(_NO_SPLIT)
+    return " + ".join(source for source in (_TABLE, _LAYER, _NO_SPLIT) if source in found)
 
 
 def _auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
-    """What the model declares (adapter table and _no_split_modules, together: a VLM's text
-    layers may have no row while its vision layers do), then repeated blocks."""
+    """What the model declares (adapter table rows, transformers' GradientCheckpointingLayer
+    instances, and _no_split_modules, together: a VLM's text layers may have no row while its
+    vision layers do), then repeated blocks."""
     no_split = _no_split_class_names(model)
 
     def declared(_name: str, module: nn.Module) -> bool:
-        if has_specific_adapter(module):
+        if _is_declared_layer(module):
             return True
-        # a _no_split_modules class around table layers would hide the (finer) table rows
+        # a _no_split_modules class around declared layers would hide those (finer) layers
         return type(module).__name__ in no_split and not any(
-            has_specific_adapter(inner) for inner in module.modules())
+            _is_declared_layer(inner) for inner in module.modules())
 
     yield DECLARED, declared
     repeated = tuple(_repeated_block_classes(model))

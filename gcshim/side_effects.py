@@ -47,6 +47,11 @@ def recomputing() -> _Recomputing:
     return _RECOMPUTING
 
 
+def maybe(context: Any) -> Any:
+    """`context`, or a context that does nothing for None."""
+    return context if context is not None else contextlib.nullcontext()
+
+
 # -- buffers --------------------------------------------------------------------------------
 BufferEntry = Tuple[nn.Module, str, torch.Tensor, int]
 

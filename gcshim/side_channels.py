@@ -1,0 +1,228 @@
+"""What leaves a checkpointed layer other than through its outputs, found at its first call.
+
+Two things make a checkpointed step's gradients differ from the plain step's without a word:
+
+- **escape**: the layer puts a tensor that needs a gradient where a later layer reads it (into a
+  dict, list or cache object it was passed, or onto a module attribute). Reentrant checkpointing
+  runs the forward under ``no_grad``, so that tensor carries no graph and its gradient is lost.
+  Non-reentrant checkpointing keeps its graph: the cure is to checkpoint the layer non-reentrant.
+- **in-place state**: the layer writes in place into a tensor held inside an argument object
+  that checkpointing does not see as an input (a state or cache object). The recompute in
+  backward then starts from the written values, not the ones the forward saw, in either mode.
+  The cure is to put the values the forward saw back for the recompute (`Replay`).
+
+A `Probe` is taken before a layer's first checkpointed call and read after it. The walk is
+bounded (depth and count) and runs once per layer; `held_tensors` runs per call only for layers
+the probe found writing into state.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+from .side_effects import _version
+
+_MAX_DEPTH = 5
+_MAX_NODES = 20_000
+# Values that hold no tensor a layer could write to.
+_INERT = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device,
+          type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+          types.ModuleType, torch.Size)
+_MODULE_INTERNALS = frozenset({"_parameters", "_buffers", "_modules",
+                               "_non_persistent_buffers_set"})
+
+
+def _is_module_internal(key: str) -> bool:
+    # a module's own bookkeeping (parameters, buffers, submodules, hooks): not side channels
+    return key in _MODULE_INTERNALS or key.endswith(("_hooks", "_hooks_with_kwargs"))
+
+
+def _items(node: Any) -> Optional[List[Tuple[Any, Any]]]:
+    """What a mutable container holds, as (key, value) (None: not a container gcshim watches).
+    A module's attributes count, less torch's bookkeeping."""
+    if isinstance(node, dict):
+        return list(node.items())
+    if isinstance(node, list):
+        return list(enumerate(node))
+    if isinstance(node, nn.Module):
+        return [(key, value) for key, value in vars(node).items()
+                if not _is_module_internal(key)]
+    state = getattr(node, "__dict__", None)
+    if isinstance(state, dict) and not isinstance(node, torch.Tensor):
+        return list(state.items())
+    return None
+
+
+@dataclass
+class _Watched:
+    where: str  # how a user finds it: "argument 'cache'", "attribute 'mlp.'"
+    container: Any
+    before: Dict[Any, int]  # key -> id(value)
+    values: List[Any]  # held, so that the ids in `before` stay unique during the call
+
+
+class _Walk:
+    """Containers and tensors reachable from some roots, each visited once."""
+
+    def __init__(self, skip: Set[int]) -> None:
+        self.seen: Set[int] = set(skip)
+        self.containers: List[_Watched] = []
+        self.tensors: List[Tuple[str, torch.Tensor]] = []  # tensors held inside objects
+
+    def watch(self, where: str, node: Any, items: List[Tuple[Any, Any]]) -> None:
+        self.containers.append(_Watched(where, node, {key: id(value) for key, value in items},
+                                        [value for _key, value in items]))
+
+    def visit(self, where: str, node: Any, depth: int = 0, inside_object: bool = False) -> None:
+        if isinstance(node, _INERT) or id(node) in self.seen or len(self.seen) > _MAX_NODES:
+            return
+        self.seen.add(id(node))
+        if isinstance(node, torch.Tensor):
+            if inside_object:
+                self.tensors.append((where, node))
+            return
+        if isinstance(node, nn.Module) or depth > _MAX_DEPTH:
+            return
+        items = _items(node)
+        if items is not None:
+            self.watch(where, node, items)
+        elif isinstance(node, tuple):
+            items = list(enumerate(node))
+        else:
+            return
+        # tensors in plain tuples, lists and dicts are checkpoint inputs (torch watches those);
+        # inside any other object they are out of checkpoint's sight
+        opaque = inside_object or not isinstance(node, (tuple, list, dict))
+        for key, child in items:
+            step = f".{key}" if opaque and isinstance(key, str) else f"[{key!r}]"
+            self.visit(where + step, child, depth + 1, opaque)
+
+
+def _tensors_in(node: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Tensors in a value written somewhere (bounded, the way `_Walk` goes)."""
+    if isinstance(node, torch.Tensor):
+        yield node
+        return
+    if isinstance(node, (_INERT, nn.Module)) or depth > _MAX_DEPTH:
+        return
+    items = _items(node) if not isinstance(node, tuple) else list(enumerate(node))
+    for _key, child in items or ():
+        yield from _tensors_in(child, depth + 1)
+
+
+def _argument_roots(args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                    names: Dict[int, str]) -> Iterator[Tuple[str, Any]]:
+    for index, value in enumerate(args):
+        name = names.get(index)
+        yield (f"argument {name!r}" if name else f"positional argument {index}"), value
+    for name, value in kwargs.items():
+        yield f"argument {name!r}", value
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "escape", "hidden input" (both: reentrant loses a gradient), "in-place state"
+    where: str
+
+    def __str__(self) -> str:
+        if self.kind == "escape":
+            return (f"puts a tensor that needs a gradient into {self.where}, where later "
+                    "layers read it")
+        if self.kind == "hidden input":
+            return (f"reads a tensor that needs a gradient from {self.where}, which "
+                    "checkpointing does not take apart into inputs")
+        return f"writes in place into a tensor held in {self.where}"
+
+
+class Replay:
+    """Values of state tensors as a layer's forward saw them, put back for its recompute."""
+
+    __slots__ = ("pairs", "_after")
+
+    def __init__(self, pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.pairs = pairs  # (the tensor, a copy of its value before the forward)
+        self._after: List[torch.Tensor] = []
+
+    def __enter__(self) -> None:
+        with torch.no_grad():  # the values the forward saw; the current ones kept for after
+            self._after = [tensor.clone() for tensor, _ in self.pairs]
+            for tensor, before in self.pairs:
+                tensor.copy_(before)
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for (tensor, _), after in zip(self.pairs, self._after):
+                tensor.copy_(after)
+        self._after = []
+
+
+def held_tensors(args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                 inputs: List[torch.Tensor]) -> List[Tuple[str, torch.Tensor, int]]:
+    """Tensors held inside argument objects (not checkpoint inputs), with their versions."""
+    walk = _Walk({id(t) for t in inputs})
+    for where, root in _argument_roots(args, kwargs, {}):
+        walk.visit(where, root)
+    return [(where, tensor, _version(tensor)) for where, tensor in walk.tensors]
+
+
+def snapshot(held: List[Tuple[str, torch.Tensor, int]]) -> List[torch.Tensor]:
+    with torch.no_grad():
+        return [tensor.detach().clone() for _where, tensor, _v in held]
+
+
+def replay_of(held: List[Tuple[str, torch.Tensor, int]], copies: List[torch.Tensor]
+              ) -> Optional[Replay]:
+    """A Replay of the held tensors the forward wrote to (None if it wrote to none)."""
+    pairs = [(tensor, copy) for (_w, tensor, version), copy in zip(held, copies)
+             if _version(tensor) != version]
+    return Replay(pairs) if pairs else None
+
+
+class Probe:
+    """Taken before a layer's first checkpointed call; `findings()` after it."""
+
+    def __init__(self, layer: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                 inputs: List[torch.Tensor], positions: Dict[str, int]) -> None:
+        walk = _Walk({id(t) for t in inputs})
+        names = {index: name for name, index in positions.items()}
+        for where, root in _argument_roots(args, kwargs, names):
+            walk.visit(where, root)
+        for path, module in layer.named_modules():
+            items = _items(module) or []
+            walk.watch(f"attribute {path + '.' if path else ''}", module, items)
+            for key, value in items:  # containers the layer keeps (a list it appends to)
+                walk.visit(f"attribute {path + '.' if path else ''}{key}", value, 1)
+        self._containers = walk.containers
+        self.held = [(where, tensor, _version(tensor)) for where, tensor in walk.tensors
+                     if not where.startswith("attribute ")]
+        self.copies = snapshot(self.held)
+
+    def findings(self) -> List[Finding]:
+        found: List[Finding] = []
+        for watched in self._containers:
+            for key, value in _items(watched.container) or ():
+                if watched.before.get(key) == id(value):
+                    continue
+                if any(t.requires_grad for t in _tensors_in(value)):
+                    found.append(Finding("escape", _describe(watched, key)))
+                    break
+        for where, tensor, version in self.held:
+            if _version(tensor) != version:
+                found.append(Finding("in-place state", where))
+            if tensor.requires_grad:
+                found.append(Finding("hidden input", where))
+        return found
+
+
+def _describe(watched: _Watched, key: Any) -> str:
+    if isinstance(watched.container, nn.Module):
+        return f"layer attribute '{watched.where[len('attribute '):]}{key}'"
+    if watched.where.startswith("attribute "):
+        return f"layer attribute '{watched.where[len('attribute '):]}'"
+    kind = type(watched.container).__name__
+    return f"{watched.where} ({kind})"
