@@ -134,6 +134,17 @@ def is_compiling() -> bool:
     return bool(dynamo is not None and dynamo.is_compiling())
 
 
+def inside_other_checkpoint() -> bool:
+    """Whether this layer call already runs under a checkpoint gcshim did not make (a stack that
+    calls torch.utils.checkpoint itself): in a non-reentrant checkpoint's forward (its
+    saved-tensor hooks are on top) or in any recompute during backward. Checkpointing the layer
+    again there would only recompute it twice."""
+    if torch._C._current_graph_task_id() != -1:  # a backward is running: this is a recompute
+        return True
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return hooks is not None and getattr(hooks[0], "__module__", None) == _torch_checkpoint.__name__
+
+
 def checkpoint(
     function: Callable[..., Any], inputs: Sequence[torch.Tensor], options: CheckpointOptions,
     compiling: bool = False,

@@ -50,6 +50,11 @@ def is_transformers_model(module: nn.Module) -> bool:
     return any("is_gradient_checkpointing" in vars(klass) for klass in type(module).__mro__)
 
 
+def defined_in_transformers(cls: type) -> bool:
+    """A class of transformers' own, not a subclass or copy of one in other code."""
+    return cls.__module__.startswith("transformers.")
+
+
 def is_transformers_layer(module: nn.Module) -> bool:
     """An instance of transformers' GradientCheckpointingLayer (4.52+): the layers transformers
     itself means to checkpoint, in its own models and in code that subclasses them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -10,17 +11,18 @@ import torch
 from torch import nn
 
 from . import side_channels, side_effects, tree
-from ._log import warn_once
+from ._log import notice_once, warn_once
 from .adapters import Adapter, Signature
-from .adapters.base import returns_cache
+from .adapters.base import is_legacy_cache, returns_cache
 from .checkpoint import (
     CheckpointOptions,
     checkpoint,
+    inside_other_checkpoint,
     is_compiling,
     non_reentrant_saves_inputs,
 )
 from .errors import SideChannelError, add_context
-from .hf_flags import transformers_checkpoints
+from .hf_flags import defined_in_transformers, transformers_checkpoints
 from .offload import Offloader
 
 
@@ -88,6 +90,16 @@ class CheckpointedCall:
         name = type(module).__qualname__
         return f"{self.path!r} ({name})" if self.path else name
 
+    def _keeps_legacy_cache(self, module: nn.Module, args: Tuple[Any, ...],
+                            kwargs: Dict[str, Any]) -> bool:
+        """A layer outside transformers with no row of its own (a copy of an old transformers
+        block): where its caches are legacy tuples (or None), nothing needs neutralising, and
+        leaving `use_cache` alone keeps the output layout the layer's own stack indexes."""
+        if not self.adapter.is_generic or defined_in_transformers(type(module)):
+            return False
+        return all(is_legacy_cache(self.signature.locate(name, args, kwargs)[1])
+                   for name in self.adapter.cache_args)
+
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
             name in kwargs for name in self._cache_names)
@@ -113,7 +125,7 @@ class CheckpointedCall:
             )
             return wrapped(*args, **kwargs)
         edit = None
-        if self._may_carry_cache(kwargs):
+        if self._may_carry_cache(kwargs) and not self._keeps_legacy_cache(instance, args, kwargs):
             args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
         if edit is not None:
             layer = type(instance).__qualname__
@@ -139,21 +151,26 @@ class CheckpointedCall:
         input_needs, anything_needs = _needs_grad(module, tensors)
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
             return wrapped(*args, **kwargs)
-        options = self.options
         compiling = is_compiling()
+        if not compiling and inside_other_checkpoint():
+            notice_once(f"nested:{self.path}", f"gcshim: layer {self.where(module)} runs inside "
+                        "a checkpoint the model makes itself; gcshim does not checkpoint it "
+                        "again", logging.INFO)
+            return wrapped(*args, **kwargs)
+        options = self.options
         probe = None
         if compiling:
             # torch.compile cannot trace reentrant checkpointing (graph breaks around every
             # layer); non-reentrant gives the same gradients. No warning: one would be traced.
             options = self.non_reentrant
-        elif not self.probed:
+        elif not self.probed or self.replays_state is not None:
+            # what the call can reach, so that what it changes is put back for its recompute
             probe = side_channels.Probe(module, args, kwargs, tensors,
-                                         self.signature.positions)
+                                        self.signature.positions)
+        if not compiling and (not self.probed or self.fallback is not None):
             # the first call keeps every graph (non-reentrant), whatever leaves the layer
             options = self.non_reentrant
-        elif self.fallback is not None:
-            options = self.non_reentrant
-        elif options.use_reentrant and _ddp_breaks_reentrant():
+        if options.use_reentrant and not compiling and _ddp_breaks_reentrant():
             warn_once(
                 "ddp-reentrant",
                 "gcshim: reentrant checkpointing fails under DistributedDataParallel("
@@ -164,15 +181,7 @@ class CheckpointedCall:
             )
             options = self.non_reentrant
         reentrant = options.use_reentrant
-        # state tensors the layer writes in place: their values before the call, for the recompute
-        if probe is not None:
-            held, copies = probe.held, probe.copies
-        elif self.replays_state is not None and not compiling:
-            held = side_channels.held_tensors(args, kwargs, tensors)
-            copies = side_channels.snapshot(held)
-        else:
-            held = copies = None
-        replay: List[side_channels.Replay] = []  # filled once the forward has run
+        replay: List[side_channels.Replay] = []  # what to put back: known once the forward ran
         count = len(tensors)
         output_skeleton = []
         state_names = self.adapter.module_state
@@ -185,11 +194,11 @@ class CheckpointedCall:
                 # call, so there is nothing to guard, and a side effect here would break it.
                 call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                 return wrapped(*call_args, **call_kwargs)
-            if all(a is b for a, b in zip(flat, tensors)):
-                # the caller's own tensors (the forward; non-reentrant's recompute): the caller's
-                # own containers too, so that a dict or list the layer writes into is theirs
+            if not first_forward:
+                # the forward gets the caller's own containers: a dict or list the layer
+                # writes into is theirs, for later layers to read
                 call_args, call_kwargs = args, kwargs
-            else:  # reentrant's recompute: its detached copies, in rebuilt containers
+            else:  # the recompute: the containers as they were before the forward
                 call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
             try:
                 return run_eagerly(call_args, call_kwargs)
@@ -230,12 +239,12 @@ class CheckpointedCall:
         else:
             with self.offloader.moving_saved_inputs():
                 output = checkpoint(run, tensors, options, compiling)
-        if held:
-            found = side_channels.replay_of(held, copies)
-            if found is not None:
-                replay.append(found)
         if probe is not None:
-            self._settle(module, probe.findings())
+            if not self.probed:
+                self._settle(module, probe.findings())
+            changed = probe.replay()
+            if changed is not None:
+                replay.append(changed)
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output
@@ -259,10 +268,10 @@ class CheckpointedCall:
     def _settle(self, module: nn.Module, findings: List[side_channels.Finding]) -> None:
         """Decide, from the first call's findings, how this layer is checkpointed from now on."""
         self.probed = True
-        state = [str(f) for f in findings if f.kind == "in-place state"]
+        state = [str(f) for f in findings if not f.loses_gradient]
         if state:
             self.replays_state = "; ".join(state)
-        escapes = [f for f in findings if f.kind != "in-place state"]
+        escapes = [f for f in findings if f.loses_gradient]
         if not escapes or not self.options.use_reentrant:
             return  # non-reentrant keeps the graph of whatever leaves the layer
         first_of_kind = {f.kind: str(f) for f in reversed(escapes)}

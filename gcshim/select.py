@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 from torch import nn
 
 from .adapters import find_adapter, has_specific_adapter
-from .hf_flags import is_transformers_layer, transformers_checkpoints
+from .hf_flags import defined_in_transformers, is_transformers_layer, transformers_checkpoints
 from .patch import patched_forward
 
 LayerMatcher = Callable[[str, nn.Module], bool]
@@ -239,6 +239,9 @@ def _outermost_matches(
     return matches
 
 
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+
+
 def _take_over_from_transformers(
     path: str,
     module: nn.Module,
@@ -246,11 +249,21 @@ def _take_over_from_transformers(
     modules: Dict[str, nn.Module],
     selection: Selection,
 ) -> Optional[str]:
-    """Checkpoint a layer transformers claims to checkpoint, if the table knows it does not."""
+    """Checkpoint a layer transformers claims to checkpoint, if the table knows it does not, or
+    if the layer's class, the stack calling it or the one holding transformers' flag is not
+    transformers' own: a
+    subclass or copy in user code may take a tensor needing a gradient by keyword
+    (transformers' reentrant call closes over it: a lost gradient or a failed backward), hand
+    tensors on through containers or keep state, none of which transformers' checkpointing
+    looks for; a stack of user code may not act on the flag at all."""
     verdict = find_adapter(module).transformers_checkpointing
-    if verdict == "works":
+    flagged = next(above for above in _ancestry(path) if reasons.get(above) == _BY_TRANSFORMERS)
+    stack = next((modules[above] for above in _ancestry(path)[1:]
+                  if not isinstance(modules[above], _CONTAINERS)), module)
+    if verdict == "works" and all(defined_in_transformers(type(owner))
+                                  for owner in (module, modules[flagged], stack)):
         return _BY_TRANSFORMERS
-    if verdict == "broken":  # its branch would still run: switch transformers' flag off there
+    if verdict != "no-op":  # its branch would still run: switch transformers' flag off there
         for above in _ancestry(path):
             flagged = modules[above]
             if reasons.get(above) == _BY_TRANSFORMERS and flagged not in selection.switch_off:

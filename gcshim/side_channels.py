@@ -60,10 +60,18 @@ def _items(node: Any) -> Optional[List[Tuple[Any, Any]]]:
 
 @dataclass
 class _Watched:
-    where: str  # how a user finds it: "argument 'cache'", "attribute 'mlp.'"
+    where: str  # how a user finds it: "argument 'cache'", "attribute mlp."
     container: Any
-    before: Dict[Any, int]  # key -> id(value)
-    values: List[Any]  # held, so that the ids in `before` stay unique during the call
+    items: List[Tuple[Any, Any]]  # what it held before the call (which keeps their ids unique)
+
+    def changed(self) -> List[Tuple[Any, Any]]:
+        """The (key, value) pairs the call added or replaced."""
+        before = {key: id(value) for key, value in self.items}
+        return [(key, value) for key, value in _items(self.container) or ()
+                if before.get(key) != id(value)]
+
+    def shrank(self) -> bool:
+        return len(_items(self.container) or ()) < len(self.items)
 
 
 class _Walk:
@@ -75,8 +83,7 @@ class _Walk:
         self.tensors: List[Tuple[str, torch.Tensor]] = []  # tensors held inside objects
 
     def watch(self, where: str, node: Any, items: List[Tuple[Any, Any]]) -> None:
-        self.containers.append(_Watched(where, node, {key: id(value) for key, value in items},
-                                        [value for _key, value in items]))
+        self.containers.append(_Watched(where, node, items))
 
     def visit(self, where: str, node: Any, depth: int = 0, inside_object: bool = False) -> None:
         if isinstance(node, _INERT) or id(node) in self.seen or len(self.seen) > _MAX_NODES:
@@ -126,8 +133,14 @@ def _argument_roots(args: Tuple[Any, ...], kwargs: Dict[str, Any],
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "escape", "hidden input" (both: reentrant loses a gradient), "in-place state"
+    # "escape", "hidden input" (both: reentrant loses a gradient); "in-place state", "state"
+    # (the recompute would start from what the forward left: replayed)
+    kind: str
     where: str
+
+    @property
+    def loses_gradient(self) -> bool:
+        return self.kind in ("escape", "hidden input")
 
     def __str__(self) -> str:
         if self.kind == "escape":
@@ -136,55 +149,63 @@ class Finding:
         if self.kind == "hidden input":
             return (f"reads a tensor that needs a gradient from {self.where}, which "
                     "checkpointing does not take apart into inputs")
-        return f"writes in place into a tensor held in {self.where}"
+        if self.kind == "in-place state":
+            return f"writes in place into a tensor held in {self.where}"
+        return f"changes {self.where}"
+
+
+def _put_items(container: Any, items: List[Tuple[Any, Any]]) -> None:
+    """Make `container` hold exactly `items` (a module keeps its own bookkeeping)."""
+    if isinstance(container, dict):
+        container.clear()
+        container.update(items)
+    elif isinstance(container, list):
+        container[:] = [value for _key, value in items]
+    else:
+        state = vars(container)
+        for key in [key for key, _value in _items(container) or ()]:
+            del state[key]
+        state.update(items)
 
 
 class Replay:
-    """Values of state tensors as a layer's forward saw them, put back for its recompute."""
+    """What a layer's call changed, put back as the forward saw it while the layer recomputes:
+    the values of tensors it wrote in place, the contents of containers it changed (a dict or
+    list it was passed, a state object, its own attributes)."""
 
-    __slots__ = ("pairs", "_after")
+    __slots__ = ("tensors", "containers", "_after")
 
-    def __init__(self, pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.pairs = pairs  # (the tensor, a copy of its value before the forward)
-        self._after: List[torch.Tensor] = []
+    def __init__(self, tensors: List[Tuple[torch.Tensor, torch.Tensor]],
+                 containers: List[Tuple[Any, List[Tuple[Any, Any]]]]) -> None:
+        self.tensors = tensors  # (the tensor, a copy of its value before the forward)
+        self.containers = containers  # (the container, its items before the forward)
+        self._after: List[Any] = []
 
     def __enter__(self) -> None:
-        with torch.no_grad():  # the values the forward saw; the current ones kept for after
-            self._after = [tensor.clone() for tensor, _ in self.pairs]
-            for tensor, before in self.pairs:
+        with torch.no_grad():  # the forward's view; the current one kept for after
+            self._after = [tensor.clone() for tensor, _ in self.tensors]
+            for tensor, before in self.tensors:
                 tensor.copy_(before)
+        self._after += [_items(container) for container, _ in self.containers]
+        for container, before in self.containers:
+            _put_items(container, before)
 
     def __exit__(self, *exc: Any) -> None:
+        count = len(self.tensors)
         with torch.no_grad():
-            for (tensor, _), after in zip(self.pairs, self._after):
+            for (tensor, _), after in zip(self.tensors, self._after[:count]):
                 tensor.copy_(after)
+        for (container, _), after in zip(self.containers, self._after[count:]):
+            _put_items(container, after)
         self._after = []
 
 
-def held_tensors(args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                 inputs: List[torch.Tensor]) -> List[Tuple[str, torch.Tensor, int]]:
-    """Tensors held inside argument objects (not checkpoint inputs), with their versions."""
-    walk = _Walk({id(t) for t in inputs})
-    for where, root in _argument_roots(args, kwargs, {}):
-        walk.visit(where, root)
-    return [(where, tensor, _version(tensor)) for where, tensor in walk.tensors]
-
-
-def snapshot(held: List[Tuple[str, torch.Tensor, int]]) -> List[torch.Tensor]:
-    with torch.no_grad():
-        return [tensor.detach().clone() for _where, tensor, _v in held]
-
-
-def replay_of(held: List[Tuple[str, torch.Tensor, int]], copies: List[torch.Tensor]
-              ) -> Optional[Replay]:
-    """A Replay of the held tensors the forward wrote to (None if it wrote to none)."""
-    pairs = [(tensor, copy) for (_w, tensor, version), copy in zip(held, copies)
-             if _version(tensor) != version]
-    return Replay(pairs) if pairs else None
-
-
 class Probe:
-    """Taken before a layer's first checkpointed call; `findings()` after it."""
+    """What a layer's call can reach, taken before the call; read after it.
+
+    `findings()` says what the call did that checkpointing cannot follow by itself;
+    `replay()` what to put back for the recompute.
+    """
 
     def __init__(self, layer: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
                  inputs: List[torch.Tensor], positions: Dict[str, int]) -> None:
@@ -198,30 +219,43 @@ class Probe:
             for key, value in items:  # containers the layer keeps (a list it appends to)
                 walk.visit(f"attribute {path + '.' if path else ''}{key}", value, 1)
         self._containers = walk.containers
-        self.held = [(where, tensor, _version(tensor)) for where, tensor in walk.tensors
-                     if not where.startswith("attribute ")]
-        self.copies = snapshot(self.held)
+        self._held = [(where, tensor, _version(tensor)) for where, tensor in walk.tensors
+                      if not where.startswith("attribute ")]
+        with torch.no_grad():
+            self._copies = [tensor.detach().clone() for _where, tensor, _v in self._held]
+
+    def _written(self) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
+        return [(where, tensor, copy) for (where, tensor, version), copy
+                in zip(self._held, self._copies) if _version(tensor) != version]
 
     def findings(self) -> List[Finding]:
         found: List[Finding] = []
         for watched in self._containers:
-            for key, value in _items(watched.container) or ():
-                if watched.before.get(key) == id(value):
-                    continue
-                if any(t.requires_grad for t in _tensors_in(value)):
-                    found.append(Finding("escape", _describe(watched, key)))
-                    break
-        for where, tensor, version in self.held:
-            if _version(tensor) != version:
-                found.append(Finding("in-place state", where))
-            if tensor.requires_grad:
-                found.append(Finding("hidden input", where))
+            changed = watched.changed()
+            escaped = next((key for key, value in changed
+                            if any(t.requires_grad for t in _tensors_in(value))), None)
+            if escaped is not None:
+                found.append(Finding("escape", _describe(watched, escaped)))
+            elif changed or watched.shrank():
+                key = changed[0][0] if changed else None
+                found.append(Finding("state", _describe(watched, key)))
+        found += [Finding("in-place state", where) for where, _t, _c in self._written()]
+        found += [Finding("hidden input", where) for where, tensor, _v in self._held
+                  if tensor.requires_grad]
         return found
+
+    def replay(self) -> Optional[Replay]:
+        """What the call changed, to put back for its recompute (None: it changed nothing)."""
+        tensors = [(tensor, copy) for _where, tensor, copy in self._written()]
+        containers = [(w.container, w.items) for w in self._containers
+                      if w.changed() or w.shrank()]
+        return Replay(tensors, containers) if tensors or containers else None
 
 
 def _describe(watched: _Watched, key: Any) -> str:
     if isinstance(watched.container, nn.Module):
-        return f"layer attribute '{watched.where[len('attribute '):]}{key}'"
+        name = f"{watched.where[len('attribute '):]}{key if key is not None else ''}"
+        return f"layer attribute '{name}'"
     if watched.where.startswith("attribute "):
         return f"layer attribute '{watched.where[len('attribute '):]}'"
     kind = type(watched.container).__name__

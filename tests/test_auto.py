@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import CountsCalls
 from torch import nn
 
 import gcshim
@@ -54,7 +55,7 @@ def test_a_bad_value_fails_the_import_itself():
 
 
 # -- the first training forward -------------------------------------------------------------
-class Block(nn.Module):
+class Block(CountsCalls, nn.Module):
     def __init__(self):
         super().__init__()
         self.lin = nn.Linear(8, 8)

@@ -1,13 +1,30 @@
-"""Behaviour 3: caches are neutralised while checkpointing, once-warned, output arity kept."""
+"""Behaviour 3: mutable caches are neutralised while checkpointing, once-warned, output arity
+kept; a legacy tuple cache of a layer outside transformers is left as the layer uses it."""
 
 import warnings
 
 import pytest
 import torch
-from models import WIDTH, CacheCallerModel, LayerPastBlock, PastKeyValueBlock, warnings_as_errors
+from models import (
+    WIDTH,
+    CacheCallerModel,
+    LayerPastBlock,
+    PastKeyValueBlock,
+    warnings_as_errors,
+)
 
 import gcshim
 from gcshim import GcshimWarning
+
+
+@pytest.fixture(autouse=True)
+def _layer_past_row():
+    """LayerPastBlock stands for transformers' GPT-2 layer of 4.44, which has a table row (a
+    layer outside transformers with no row keeps a legacy tuple cache instead)."""
+    row = gcshim.register_adapter(gcshim.Adapter(name="test GPT-2-like",
+                                                 classes=("LayerPastBlock",)))
+    yield
+    gcshim.unregister_adapter(row)
 
 
 def _run(model, **kwargs):
@@ -34,11 +51,36 @@ def test_past_key_value_layer(positional, output_attentions, reentrant):
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_layer_past_layer_keeps_slot_one(positional, reentrant):
+    """A GPT-2-style layer (4.44) with a table row: caching off, the slot at index 1 kept."""
     model = CacheCallerModel(LayerPastBlock, positional=positional).train()
     gcshim.apply(model, use_reentrant=reentrant)
     with pytest.warns(GcshimWarning):
         caches = _run(model, output_attentions=True)
     assert caches == [None, None]
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_a_copied_layer_keeps_its_legacy_cache_and_layout(positional, reentrant):
+    """The same layer as user code (a copy of an old modeling file) with no table row: a cache
+    of tuples cannot change in place, so it stays on, exact, in the layer's own layout."""
+    gcshim.unregister_adapter(next(row for row in gcshim.adapters.adapter_rows()
+                                   if row.name == "test GPT-2-like"))
+    model = CacheCallerModel(LayerPastBlock, positional=positional).train()
+    reference = CacheCallerModel(LayerPastBlock, positional=positional).train()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(3, WIDTH)
+    loss, want = reference(x, output_attentions=True)
+    loss.backward()
+    gcshim.apply(model, use_reentrant=reentrant)
+    with warnings_as_errors():
+        loss, caches = model(x, output_attentions=True)
+        loss.backward()
+    assert [len(cache) for cache in caches] == [2, 2]  # the presents, at index 1
+    for got, expected in zip(caches, want):
+        torch.testing.assert_close(got[0], expected[0])
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
 def test_without_gcshim_the_caller_gets_real_caches():
@@ -101,7 +143,11 @@ def test_default_use_cache_true_is_neutralised():
             return out + (("cache",),) if use_cache else out
 
     model = torch.nn.Sequential(DefaultTrue(), DefaultTrue())
-    gcshim.apply(model)
+    row = gcshim.register_adapter(gcshim.Adapter(name="test Bart-like", classes=("DefaultTrue",)))
+    try:
+        gcshim.apply(model)
+    finally:
+        gcshim.unregister_adapter(row)
     h = torch.randn(2, WIDTH)
     with pytest.warns(GcshimWarning):
         for layer in model:

@@ -3,7 +3,7 @@
 import logging
 
 import torch
-from models import RopeLikeModel
+from models import RopeLikeModel, as_transformers_code
 from torch import nn
 
 import gcshim
@@ -73,7 +73,7 @@ def test_torch_checkpoint_wrapper_is_left_alone(gcshim_log):
 
 
 def test_transformers_own_flag_is_respected():
-    model = RopeLikeModel()
+    model = as_transformers_code(RopeLikeModel())
     for layer in model.layers:
         layer.gradient_checkpointing = False
     model.layers[2].gradient_checkpointing = True
@@ -94,10 +94,27 @@ def test_flag_turned_on_after_apply_means_no_nesting(checkpoint_calls):
 
 def test_stack_level_flag_covers_its_layers():
     """transformers < 4.52 keeps the flag on the stack module, which checkpoints its layers."""
-    model = RopeLikeModel()
+    model = as_transformers_code(RopeLikeModel())
     model.gradient_checkpointing = True
     handle = gcshim.apply(model)
     assert handle.layers == []
     assert [r.status for r in handle.report().rows] == [
         "skipped: transformers' own gradient checkpointing is on"
     ] * 3
+
+
+def test_a_flag_on_code_outside_transformers_is_taken_over():
+    """A layer or stack of user code (a subclass, a copy) carrying transformers' flag: gcshim
+    checkpoints it instead (transformers' branch there may close over keyword tensors), with
+    the flag off until remove()."""
+    model = RopeLikeModel()
+    model.gradient_checkpointing = True
+    model.layers[2].gradient_checkpointing = True
+    handle = gcshim.apply(model)
+    assert handle.layers == ["layers.0", "layers.1", "layers.2"]
+    assert model.gradient_checkpointing is False
+    model(torch.randint(32, (2, 5))).backward()
+    assert [layer.first_calls for layer in model.layers] == [2, 2, 2]
+    handle.remove()
+    assert model.gradient_checkpointing is True
+    assert model.layers[2].gradient_checkpointing is True

@@ -10,13 +10,13 @@ import functools
 import pytest
 import torch
 import wrapt
-from models import Mlp
+from models import CountsCalls, Mlp
 from torch import nn
 
 import gcshim
 
 
-class Block(nn.Module):
+class Block(CountsCalls, nn.Module):
     def __init__(self, width=8):
         super().__init__()
         self.lin = nn.Linear(width, width)

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from models import CountsCalls
 from torch import nn
 
 import gcshim
@@ -23,7 +24,7 @@ given, settings, HealthCheck = hypothesis.given, hypothesis.settings, hypothesis
 WIDTH = 6
 
 
-class BlockBase(nn.Module):
+class BlockBase(CountsCalls, nn.Module):
     """A leaf block; how it is called and what it returns are per instance."""
 
     def __init__(self, output: str, frozen: bool):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from models import RopeLikeBlock, RopeLikeModel
+from models import RopeLikeModel, as_transformers_code
 from torch import nn
 
 import gcshim
@@ -164,9 +164,9 @@ def test_torch_transformer_layers_found_by_the_table():
 
 
 def test_report_lists_layers_adapters_and_modes():
-    model = RopeLikeModel()
+    model = as_transformers_code(RopeLikeModel())
     model.layers[2].gradient_checkpointing = True
-    gcshim.apply(model, layers=RopeLikeBlock, use_reentrant=True)
+    gcshim.apply(model, layers="RopeLikeBlock", use_reentrant=True)
     text = str(gcshim.report(model))
     assert "2 of 3 layers of RopeLikeModel checkpointed" in text
     assert re.search(r"^layers\.0 +RopeLikeBlock +checkpointed +generic +reentrant$", text, re.M)

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from models import CountsCalls
 from torch import nn
 
 import gcshim
@@ -24,17 +25,17 @@ from gcshim.errors import SideChannelError
 WIDTH = 8
 
 
-class Counted(nn.Module):
+class Counted(CountsCalls, nn.Module):
     """Counts forward runs: a checkpointed layer runs twice per step (forward, recompute)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(WIDTH, WIDTH)
         self.b = nn.Linear(WIDTH, WIDTH)
-        self.runs = 0
+        self.calls = 0
 
     def core(self, x: torch.Tensor) -> torch.Tensor:
-        self.runs += 1
+        self.calls += 1
         return self.b(torch.tanh(self.a(x)))
 
 
@@ -134,7 +135,7 @@ def _run(kind: str, reentrant: bool, **options):
     reference = _grads(plain)
     handle = gcshim.apply(model, layers=type(model.blocks[0]), use_reentrant=reentrant, **options)
     for block in model.blocks:
-        block.runs = 0
+        block.calls = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         grads = _grads(model)
@@ -149,7 +150,7 @@ def _assert_exact_and_recomputed(reference, grads, model, steps=2):
     # every block was patched and ran its forward twice a step (forward and recompute)
     assert all(gcshim.report(model).rows[i].status == "checkpointed"
                for i in range(len(model.blocks)))
-    assert [block.runs for block in model.blocks] == [2 * steps] * len(model.blocks)
+    assert [block.calls for block in model.blocks] == [2 * steps] * len(model.blocks)
 
 
 @pytest.mark.parametrize("kind, where", [
@@ -210,7 +211,7 @@ def test_in_place_state_is_replayed_for_the_recompute(reentrant):
 def test_in_place_state_would_be_wrong_without_the_replay(monkeypatch):
     from gcshim import side_channels
 
-    monkeypatch.setattr(side_channels, "replay_of", lambda held, copies: None)
+    monkeypatch.setattr(side_channels.Probe, "replay", lambda self: None)
     torch.manual_seed(0)
     plain = Net("state")
     reference = _grads(plain)

@@ -106,3 +106,82 @@ def test_gpt_bigcode_row_is_a_no_op_on_4_55_to_4_57(monkeypatch):
                             lambda package, v=version: base.Version(v))
         verdicts[version] = find_adapter(GPTBigCodeBlock()).transformers_checkpointing
     assert verdicts == {"4.44.2": "works", "4.57.6": "no-op", "5.0.0": "works"}
+
+
+# -- transformers' GradientCheckpointingLayer: what transformers itself checkpoints ------------
+def _checkpointing_layer_class():
+    layers = pytest.importorskip("transformers.modeling_layers")
+    base = getattr(layers, "GradientCheckpointingLayer", None)
+    if base is None:
+        pytest.skip(f"transformers {transformers.__version__} has no GradientCheckpointingLayer")
+
+    class Stage(base):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(8, 8)
+            self.outer = torch.nn.Linear(8, 8)
+
+        def forward(self, hidden_states):
+            return hidden_states + self.outer(torch.tanh(self.inner(hidden_states)))
+
+    return Stage
+
+
+def test_a_one_layer_stack_of_transformers_layers_is_found():
+    """PP-FormulaNet / SLANeXt style: one GradientCheckpointingLayer, no repeated block and no
+    _no_split_modules entry: auto discovery used to raise LookupError."""
+    stage_class = _checkpointing_layer_class()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(8, 8)
+            self.stage = stage_class()
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.stage(self.embed(x)))
+
+    torch.manual_seed(0)
+    plain = Model()
+    model = copy.deepcopy(plain)
+    x = torch.randn(4, 8)
+    plain(x).pow(2).sum().backward()
+    handle = gcshim.apply(model)
+    assert handle.layers == ["stage"]
+    assert handle.source == "auto: transformers GradientCheckpointingLayer"
+    calls = []
+    model.stage.inner.register_forward_hook(lambda *_: calls.append(1))
+    model(x).pow(2).sum().backward()
+    assert len(calls) == 2  # recomputed in backward
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_transformers_layers_inside_a_no_split_block_are_the_finer_choice():
+    """HuBERT with stable layer norm style: a _no_split_modules class around the layers would
+    make one checkpointed region of what transformers checkpoints layer by layer."""
+    stage_class = _checkpointing_layer_class()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(stage_class() for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    class Model(torch.nn.Module):
+        _no_split_modules = ["Encoder"]
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+
+        def forward(self, x):
+            return self.encoder(x)
+
+    handle = gcshim.apply(Model())
+    assert handle.layers == ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2"]

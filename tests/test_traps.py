@@ -8,7 +8,7 @@ from typing import Optional
 
 import pytest
 import torch
-from models import assert_same_grads, grads_of
+from models import as_transformers_code, assert_same_grads, grads_of
 from torch import nn
 
 import gcshim
@@ -306,7 +306,7 @@ def test_layers_transformers_flags_but_never_checkpoints_are_taken():
 
 def test_layers_under_a_working_transformers_flag_are_left_to_it():
     layer_type = _fake_transformers_layer("LlamaDecoderLayer")  # transformers checkpoints these
-    model = FlaggedStack(layer_type)
+    model = as_transformers_code(FlaggedStack(layer_type))
     handle = gcshim.apply(model, layers=layer_type)
     assert handle.layers == []
     assert all("transformers' own" in row.status for row in handle.report().rows)
@@ -436,7 +436,23 @@ def test_module_state_is_replayed_for_the_recompute(reentrant):
         gcshim.unregister_adapter(row)
 
 
-def test_without_the_row_the_recompute_sees_the_updated_state():
+@MODES
+def test_without_the_row_the_state_is_found_and_replayed(reentrant):
+    """The first checkpointed call sees the layer reassign its own attribute, and the
+    recompute starts from the value the forward saw (side_channels), with no table row."""
+    model = StatefulModel()
+    x = torch.randn(4, 8, requires_grad=True)
+    reference = _train_step(copy.deepcopy(model), x)
+    handle = gcshim.apply(model, use_reentrant=reentrant)
+    _train_step(model, x)
+    assert_same_grads(reference, model)
+    assert all("recurrent_states" in row.note for row in handle.report().rows)
+
+
+def test_without_any_replay_the_recompute_sees_the_updated_state(monkeypatch):
+    from gcshim import side_channels
+
+    monkeypatch.setattr(side_channels.Probe, "replay", lambda self: None)
     model = StatefulModel()
     x = torch.randn(4, 8, requires_grad=True)
     reference = _train_step(copy.deepcopy(model), x)

@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import os
+import random
 import signal
 import sys
 import tempfile
@@ -32,12 +33,20 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
+try:
+    import numpy
+except ImportError:  # pragma: no cover - numpy comes with transformers
+    numpy = None
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tester_models  # noqa: E402
 import tiny_models  # noqa: E402
 
 import gcshim  # noqa: E402
 from gcshim.memory import peak_bytes  # noqa: E402
 
+# the loss of one step: tiny_models' for its models; tester_models' weighted one for testers'
+_LOSS = [tiny_models.loss_of]
 LAYER_LADDER = (2, 6, 12)  # Zamba ties its shared block: two hybrid layers need 12
 RUN_SECONDS = 40  # one step; transformers' own reentrant WavLM recursion would never end
 CONDITIONS = [(reentrant, cache) for reentrant in (False, True) for cache in ("off", "default")]
@@ -79,10 +88,13 @@ def _step(model: Any, inputs: Dict[str, Any], counter: CallCounter,
     model.zero_grad(set_to_none=True)
     before = counter.calls
     torch.manual_seed(0)
+    random.seed(0)
+    if numpy is not None:  # wav2vec2-style models draw their span masks with numpy
+        numpy.random.seed(0)
     losses: List[torch.Tensor] = []
 
     def work() -> None:
-        loss = tiny_models.loss_of(model(**inputs))
+        loss = _LOSS[0](model(**inputs))
         loss.backward()
         losses.append(loss.detach())
 
@@ -222,6 +234,45 @@ def _references(base: Any, inputs: Dict[str, Any], counter: CallCounter) -> Any:
     return references
 
 
+def _conditions(record: Dict[str, Any], base: Any, inputs: Dict[str, Any],
+                references: Dict[str, Any], counter: CallCounter,
+                save: Optional[Callable[[Dict[str, Any]], None]]) -> Dict[str, Any]:
+    """Every condition's runs of one model, gcshim's and transformers' own, into `record`."""
+    record["class"] = type(base).__name__
+    record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
+    trainable = [n for n, p in base.named_parameters() if p.requires_grad]
+    record["conditions"] = {}
+    record["status"] = "ran"
+    # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
+    # reentrant WavLM) ends the process, and the parent keeps what was saved before it
+    for who in ("gcshim", "transformers"):
+        for reentrant, cache in CONDITIONS:
+            reference = references[cache]
+            entry = record["conditions"].setdefault(condition_name(reentrant, cache),
+                                                    {"peak_none": reference["peak"]})
+            if who == "transformers" and not record["hf_supports"]:
+                entry[who] = {"status": "unsupported"}
+                continue
+            entry[who] = {"status": "timeout"}  # until the run returns
+            if save is not None:
+                save(record)
+            seen: Dict[str, Any] = {}
+            setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
+            # peak memory only for gcshim: the live-tensor tracker doubles a run's time
+            run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
+            entry[who] = _verdict(run, reference, trainable)
+            entry[who].update(seen)
+            if entry[who]["status"] == "wrong-grads":
+                # the plain step again: if it too misses the reference, the model's own
+                # step is not repeatable here and the comparison says nothing
+                plain = _run(base, inputs, cache, lambda model: None, counter, False)
+                if compare(reference["grads"], plain["grads"], trainable) is not None:
+                    entry[who]["status"] = "unstable-baseline"
+            if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
+                entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
+    return record
+
+
 def run_architecture(model_type: str,
                      save: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """One architecture's runs; `save` gets the record as it grows (for the forked runner)."""
@@ -257,64 +308,76 @@ def run_architecture(model_type: str,
             return record
         record.pop("error", None)
         record["layers_built"] = layers
-        record["class"] = type(base).__name__
-        record["hf_supports"] = bool(getattr(base, "supports_gradient_checkpointing", False))
-        trainable = [n for n, p in base.named_parameters() if p.requires_grad]
-        record["conditions"] = {}
-        record["status"] = "ran"
-        # gcshim's runs first, transformers' after: a run that hangs in C++ (transformers' own
-        # reentrant WavLM) ends the process, and the parent keeps what was saved before it
-        for who in ("gcshim", "transformers"):
-            for reentrant, cache in CONDITIONS:
-                reference = references[cache]
-                entry = record["conditions"].setdefault(condition_name(reentrant, cache),
-                                                        {"peak_none": reference["peak"]})
-                if who == "transformers" and not record["hf_supports"]:
-                    entry[who] = {"status": "unsupported"}
-                    continue
-                entry[who] = {"status": "timeout"}  # until the run returns
-                if save is not None:
-                    save(record)
-                seen: Dict[str, Any] = {}
-                setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
-                # peak memory only for gcshim: the live-tensor tracker doubles a run's time
-                run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
-                entry[who] = _verdict(run, reference, trainable)
-                entry[who].update(seen)
-                if entry[who]["status"] == "wrong-grads":
-                    # the plain step again: if it too misses the reference, the model's own
-                    # step is not repeatable here and the comparison says nothing
-                    plain = _run(base, inputs, cache, lambda model: None, counter, False)
-                    if compare(reference["grads"], plain["grads"], trainable) is not None:
-                        entry[who]["status"] = "unstable-baseline"
-                if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
-                    entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
-        return record
+        return _conditions(record, base, inputs, references, counter, save)
     finally:
         counter.close()  # a global hook: never leave it behind
 
 
+def run_testers(model_dir: str, save: Callable[[List[Dict[str, Any]]], None]
+                ) -> List[Dict[str, Any]]:
+    """Each model class that transformers' tests build in `model_dir`, from the tester's own
+    config and inputs, with a loss that reaches every floating output (tester_models)."""
+    import transformers
+
+    _LOSS[0] = tester_models.weighted_loss
+    records: List[Dict[str, Any]] = []
+    counter = CallCounter()
+    try:
+        try:
+            built = list(tester_models.cases(model_dir))
+        except Exception as error:
+            return [{"arch": model_dir, "source": "testers", "status": "no-build",
+                     "transformers": transformers.__version__, "error": _short(error)}]
+        for name, model_class, config, inputs in built:
+            record: Dict[str, Any] = {"arch": name, "source": "testers",
+                                      "transformers": transformers.__version__,
+                                      "torch": torch.__version__.split("+")[0]}
+            records.append(record)
+            try:
+                torch.manual_seed(0)
+                base = model_class(config)
+            except Exception as error:
+                record.update(status="no-build", error=_short(error))
+                continue
+            working = _working_inputs(base, [inputs], counter)
+            references = working if isinstance(working, str) else _references(
+                base, working, counter)
+            if isinstance(references, str):
+                record.update(status="no-baseline", error=references)
+                continue
+            _conditions(record, base, working, references, counter,
+                        lambda _record: save(records))
+        return records
+    finally:
+        counter.close()
+
+
 # -- the forked runner -----------------------------------------------------------------------
-def _child(model_type: str, path: str) -> None:
+def _child(model_type: str, path: str, testers: Optional[Path]) -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     import logging
 
     logging.disable(logging.WARNING)
-    def save(record: Dict[str, Any]) -> None:
+
+    def save(record: Any) -> None:  # a record, or a list of them (testers)
         with open(path + ".tmp", "w") as handle:
             json.dump(record, handle)
         os.replace(path + ".tmp", path)
 
     try:
-        record = run_architecture(model_type, save)
+        if testers is not None:
+            tester_models.prepare(testers)
+            record: Any = run_testers(model_type, save)
+        else:
+            record = run_architecture(model_type, save)
     except BaseException as error:  # noqa: B036 - anything at all goes into the record
         record = {"arch": model_type, "status": "sweep-error", "error": _short(error)}
     save(record)
 
 
 def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
-          append: bool = False) -> None:
+          append: bool = False, testers: Optional[Path] = None) -> None:
     pending = list(model_types)
     running: Dict[int, tuple] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +390,7 @@ def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
                 pid = os.fork()
                 if pid == 0:
                     try:
-                        _child(model_type, path)
+                        _child(model_type, path, testers)
                     finally:
                         os._exit(0)
                 running[pid] = (model_type, path, time.monotonic())
@@ -342,22 +405,29 @@ def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
                     os.waitpid(pid, 0)
                 try:
                     with open(path) as handle:
-                        record = json.load(handle)  # partial when the process was killed
+                        saved = json.load(handle)  # partial when the process was killed
                 except (OSError, ValueError):
-                    record = {"arch": model_type, "status": "timeout" if not done else "crashed"}
-                if not done and record.get("status") != "ran":
-                    record["status"] = "timeout"
-                for entry in record.get("conditions", {}).values():  # runs never reached
-                    entry.setdefault("gcshim", {"status": "timeout"})
-                    entry.setdefault("transformers", {"status": "timeout"})
+                    saved = []
+                records = saved if isinstance(saved, list) else [saved]
+                if not records:
+                    records = [{"arch": model_type,
+                                "status": "timeout" if not done else "crashed"}]
+                for record in records:
+                    if not done and record.get("status") not in ("ran", "no-build",
+                                                                 "no-baseline"):
+                        record["status"] = "timeout"
+                    for entry in record.get("conditions", {}).values():  # runs never reached
+                        entry.setdefault("gcshim", {"status": "timeout"})
+                        entry.setdefault("transformers", {"status": "timeout"})
+                    record["seconds"] = round(elapsed, 1)
+                    sink.write(json.dumps(record) + "\n")
                 for leftover in (path, path + ".tmp"):
                     if os.path.exists(leftover):
                         os.unlink(leftover)
-                record["seconds"] = round(elapsed, 1)
-                sink.write(json.dumps(record) + "\n")
                 sink.flush()
                 del running[pid]
-                print(f"{model_type:32s} {record.get('status'):12s} {elapsed:6.1f}s", flush=True)
+                statuses = ",".join(sorted({str(r.get("status")) for r in records}))
+                print(f"{model_type:32s} {statuses:12s} {elapsed:6.1f}s", flush=True)
 
 
 def all_model_types() -> List[str]:
@@ -374,9 +444,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--append", action="store_true",
                         help="add to --out (a rerun's record replaces the earlier one)")
+    parser.add_argument("--testers", type=Path,
+                        help="a transformers checkout (tests/ and utils/) at the installed "
+                             "release's tag: build models with its ModelTesters instead "
+                             "(--only then names model directories)")
     args = parser.parse_args(argv)
-    model_types = args.only.split(",") if args.only else all_model_types()
-    sweep(model_types, args.out, args.timeout, args.jobs, args.append)
+    testers = args.testers.resolve() if args.testers else None
+    if args.only:
+        model_types = args.only.split(",")
+    elif testers is not None:
+        model_types = tester_models.model_dirs(testers)
+    else:
+        model_types = all_model_types()
+    sweep(model_types, args.out.resolve(), args.timeout, args.jobs, args.append, testers)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,15 @@ def _method_signature(function: Callable[..., Any]) -> Signature:
     return Signature._parse(function, skip=1)
 
 
+def is_legacy_cache(value: Any) -> bool:
+    """None, or a tuple (of tuples) of tensors: a cache the layer cannot change in place, so
+    the recompute sees what the forward saw and the layer's output keeps its own layout."""
+    if value is None:
+        return True
+    return type(value) is tuple and all(
+        is_legacy_cache(item) or type(item).__name__ in ("Tensor", "Parameter") for item in value)
+
+
 def returns_cache(layer_type: type) -> bool:
     """Whether a layer's tuple output may hold its cache: transformers layers stopped
     returning caches in 5.0 (the Cache object is updated in place)."""
