@@ -10,6 +10,7 @@ from .errors import (
     GcshimConfigError,
     GcshimWarning,
     PatchedOverError,
+    SideChannelError,
     UnsupportedOptionError,
 )
 from .planner import Plan
@@ -28,6 +29,7 @@ __all__ = [
     "PatchedOverError",
     "Plan",
     "Report",
+    "SideChannelError",
     "UnsupportedOptionError",
     "__version__",
     "applied",

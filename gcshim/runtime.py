@@ -229,6 +229,12 @@ class CheckpointedCall:
             output_skeleton[:] = [out_skeleton]
             return tuple(out_tensors)
 
+        trial = None
+        if probe is not None and not self.probed and self.options.use_reentrant:
+            # how reentrant's forward would run (no grad), to compare with the real forward
+            devices = sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+            trial = side_channels.run_without_grad(lambda: wrapped(*args, **kwargs), module,
+                                                   probe, devices)
         if reentrant and not input_needs:
             # Frozen inputs (frozen embeddings, LoRA): without an input that requires grad the
             # reentrant output would not require grad and the layer's parameters would get
@@ -241,7 +247,11 @@ class CheckpointedCall:
                 output = checkpoint(run, tensors, options, compiling)
         if probe is not None:
             if not self.probed:
-                self._settle(module, probe.findings())
+                findings = probe.findings()
+                if trial is not None and not (trial[0] and side_channels.same_values(
+                        trial[1], output)):
+                    findings.append(side_channels.Finding("grad mode", ""))
+                self._settle(module, findings)
             changed = probe.replay()
             if changed is not None:
                 replay.append(changed)
@@ -260,7 +270,7 @@ class CheckpointedCall:
     def note(self) -> str:
         notes = []
         if self.fallback is not None:
-            notes.append(f"reentrant would lose a gradient: it {self.fallback}")
+            notes.append(f"reentrant would give other gradients: it {self.fallback}")
         if self.replays_state is not None:
             notes.append(f"recompute replays state it {self.replays_state}")
         return "; ".join(notes)
@@ -284,16 +294,16 @@ class CheckpointedCall:
             blocker = ("strict=True" if self.options.strict else
                        "offload=True needs reentrant checkpointing on this torch")
             raise SideChannelError(
-                f"gcshim: layer {self.where(module)} {why}; under reentrant checkpointing "
-                "that tensor's gradient would be lost, and "
+                f"gcshim: layer {self.where(module)} {why}; reentrant checkpointing cannot "
+                "give it the un-checkpointed step's gradients, and "
                 f"{blocker} keeps gcshim from checkpointing the layer non-reentrant. Pass "
                 "use_reentrant=False, or leave this layer out of `layers`.")
         self.fallback = why
         warn_once(
             f"side-channel:{self.path}:{type(module).__module__}.{type(module).__qualname__}",
-            f"gcshim: layer {self.where(module)} {why}; under reentrant checkpointing that "
-            "tensor's gradient would be lost (a silently wrong gradient), so gcshim "
-            "checkpoints this layer non-reentrant (exact gradients, same memory). "
+            f"gcshim: layer {self.where(module)} {why}; so that its gradients are the "
+            "un-checkpointed step's, gcshim checkpoints this layer non-reentrant (same "
+            "memory). "
             "To choose yourself: use_reentrant=False, or strict=True to raise instead. Shown "
             "once per layer.",
         )

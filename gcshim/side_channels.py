@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
 
-from .side_effects import _version
+from ._log import warn_once
+from .side_effects import _version, buffers_kept, recomputing
 
 _MAX_DEPTH = 5
 _MAX_NODES = 20_000
@@ -133,22 +134,28 @@ def _argument_roots(args: Tuple[Any, ...], kwargs: Dict[str, Any],
 
 @dataclass(frozen=True)
 class Finding:
-    # "escape", "hidden input" (both: reentrant loses a gradient); "in-place state", "state"
-    # (the recompute would start from what the forward left: replayed)
+    # "escape", "hidden input", "grad mode" (reentrant gives other gradients); "in-place
+    # state", "state" (the recompute would start from what the forward left: replayed)
     kind: str
     where: str
 
     @property
     def loses_gradient(self) -> bool:
-        return self.kind in ("escape", "hidden input")
+        """Whether reentrant checkpointing would give other gradients (non-reentrant does not)."""
+        return self.kind in ("escape", "hidden input", "grad mode")
 
     def __str__(self) -> str:
         if self.kind == "escape":
             return (f"puts a tensor that needs a gradient into {self.where}, where later "
-                    "layers read it")
+                    "layers read it (reentrant checkpointing would leave it without a graph)")
         if self.kind == "hidden input":
             return (f"reads a tensor that needs a gradient from {self.where}, which "
-                    "checkpointing does not take apart into inputs")
+                    "checkpointing does not take apart into inputs (reentrant checkpointing "
+                    "would lose its gradient or backpropagate through it twice)")
+        if self.kind == "grad mode":
+            return ("computes other values without grad than with it (a kernel chosen by grad "
+                    "mode), and reentrant checkpointing runs the forward without grad: later "
+                    "layers would see values the un-checkpointed step never computes")
         if self.kind == "in-place state":
             return f"writes in place into a tensor held in {self.where}"
         return f"changes {self.where}"
@@ -244,6 +251,13 @@ class Probe:
                   if tensor.requires_grad]
         return found
 
+    def undo(self) -> None:
+        """Put back what a call changed, for good (after a trial run), and watch from here."""
+        changed = self.replay()
+        if changed is not None:
+            changed.__enter__()  # the state before the call; what the call left is dropped
+        self._held = [(where, tensor, _version(tensor)) for where, tensor, _v in self._held]
+
     def replay(self) -> Optional[Replay]:
         """What the call changed, to put back for its recompute (None: it changed nothing)."""
         tensors = [(tensor, copy) for _where, tensor, copy in self._written()]
@@ -260,3 +274,55 @@ def _describe(watched: _Watched, key: Any) -> str:
         return f"layer attribute '{watched.where[len('attribute '):]}'"
     kind = type(watched.container).__name__
     return f"{watched.where} ({kind})"
+
+
+_COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
+
+
+def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
+                     devices: List[int]) -> Tuple[bool, Any]:
+    """Run `call` as reentrant checkpointing's forward would (no grad), leaving no trace: the
+    RNG, the layer's buffers and whatever the call changed come back as they were.
+    (whether it ran, its output or its error)."""
+    small, large = [], []
+    for owner in layer.modules():
+        for name, value in owner._buffers.items():
+            if value is not None:
+                size = value.numel() * value.element_size()
+                (small if size <= _COPY_LIMIT else large).append((owner, name))
+    watched = [(owner, name, owner._buffers[name], _version(owner._buffers[name]))
+               for owner, name in large]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), \
+                buffers_kept(small), recomputing():
+            return True, call()
+    except Exception as error:  # the real call will say it again, where it belongs
+        return False, error
+    finally:
+        probe.undo()
+        for owner, name, buffer, version in watched:
+            if owner._buffers.get(name) is not buffer:
+                owner._buffers[name] = buffer  # reassigned: the original back
+            elif _version(buffer) != version:
+                warn_once(f"trial-buffer:{id(owner)}:{name}",
+                          f"gcshim: checking layer {type(layer).__qualname__} ran its forward "
+                          f"once more, and that wrote into its large buffer {name!r} of "
+                          f"{type(owner).__qualname__}; use_reentrant=False avoids the check")
+
+
+def same_values(first: Any, second: Any) -> bool:
+    """Whether two outputs hold the same tensors, bit for bit (NaN equal to NaN)."""
+    from .tree import flatten
+
+    ours, theirs = flatten(first)[0], flatten(second)[0]
+    if len(ours) != len(theirs):
+        return False
+    for a, b in zip(ours, theirs):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.is_floating_point() or a.is_complex():
+            if not bool(((a == b) | (a.isnan() & b.isnan())).all()):
+                return False
+        elif not torch.equal(a, b):
+            return False
+    return True

@@ -90,6 +90,8 @@ CASES: List[Case] = [
          lambda m: gcshim.apply(m, preserve_rng_state=1), TypeError, "must be a bool"),
     Case("types", 'gcshim.apply(model, offload="yes")',
          lambda m: gcshim.apply(m, offload="yes"), TypeError, "offload must be a bool"),
+    Case("types", 'gcshim.apply(model, strict="yes")',
+         lambda m: gcshim.apply(m, strict="yes"), TypeError, "strict must be a bool"),
     Case("types", "gcshim.apply(model, every=1.5)", lambda m: gcshim.apply(m, every=1.5),
          TypeError, "every"),
     Case("types", "gcshim.apply(model, every=0)", lambda m: gcshim.apply(m, every=0),

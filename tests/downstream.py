@@ -66,12 +66,21 @@ class CorpusModel(PreTrainedModel):
     pattern = ""
     checkpoints_itself = False  # the plain model already checkpoints: no lower peak to expect
 
+    layer_class: Any = modeling_llama.LlamaDecoderLayer  # built as layer_class(cfg, index)
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.rotary = modeling_llama.LlamaRotaryEmbedding(config=cfg)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.gradient_checkpointing = False
+        self.layers = nn.ModuleList(self.layer_class(cfg, index)
+                                    for index in range(cfg.num_hidden_layers))
+        self.add_parts(cfg)
+        self.post_init()
+
+    def add_parts(self, cfg: LlamaConfig) -> None:
+        """What a pattern's model has beside the frame and its layers."""
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embed
@@ -98,12 +107,10 @@ class GatedLayer(modeling_llama.LlamaDecoderLayer):
 
 class KeywordGate(CorpusModel):
     pattern = "subclassed layer, learned gate by keyword"
+    layer_class = GatedLayer
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(GatedLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+    def add_parts(self, cfg):
         self.gate = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.post_init()
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -117,8 +124,9 @@ class CopiedT5Block(nn.Module):
     """Returns (hidden, present_key_value, position_bias) when caching, (hidden,
     position_bias) when not: the layout of T5 blocks in transformers 4.4x."""
 
-    def __init__(self, cfg, has_bias: bool):
+    def __init__(self, cfg, index: int):
         super().__init__()
+        has_bias = index == 0  # the first block owns the relative position bias
         self.q = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
         self.k = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
         self.v = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
@@ -146,11 +154,7 @@ class CopiedT5Block(nn.Module):
 
 class CopiedT5(CorpusModel):
     pattern = "copied old T5 block (cache at index 1) in a caching stack"
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(CopiedT5Block(cfg, i == 0) for i in range(LAYERS))
-        self.post_init()
+    layer_class = CopiedT5Block
 
     def forward(self, input_ids, use_cache=True):
         h = self.embed(input_ids)
@@ -167,14 +171,8 @@ class CopiedT5(CorpusModel):
 
 
 # -- 3. a stack with the copied `_gradient_checkpointing_func` branch ---------------------------
-class CopiedBranch(CorpusModel):
+class CopiedBranch(KeywordGate):
     pattern = "stack with transformers' checkpoint branch copied, extra input by keyword"
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(GatedLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.gate = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.post_init()
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -197,11 +195,6 @@ class OwnCheckpoint(CorpusModel):
     pattern = "stack calling torch.utils.checkpoint itself"
     checkpoints_itself = True
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(modeling_llama.LlamaDecoderLayer(cfg, i)
-                                    for i in range(cfg.num_hidden_layers))
-        self.post_init()
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -235,11 +228,6 @@ class DictLayer(modeling_llama.LlamaDecoderLayer):
 
 
 class StructuredOutputs(CorpusModel):
-    def __init__(self, cfg, layer_class):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(layer_class(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.post_init()
-
     def forward(self, input_ids):
         h = self.embed(input_ids)
         aux = h.new_zeros(())
@@ -255,16 +243,12 @@ class StructuredOutputs(CorpusModel):
 
 class DataclassOutputs(StructuredOutputs):
     pattern = "layer returning a dataclass"
-
-    def __init__(self, cfg):
-        super().__init__(cfg, DataclassLayer)
+    layer_class = DataclassLayer
 
 
 class DictOutputs(StructuredOutputs):
     pattern = "layer returning a dict"
-
-    def __init__(self, cfg):
-        super().__init__(cfg, DictLayer)
+    layer_class = DictLayer
 
 
 # -- 7. router logits kept on the layer for an auxiliary loss --------------------------------
@@ -281,10 +265,7 @@ class RouterLayer(modeling_llama.LlamaDecoderLayer):
 class RouterOnAttribute(CorpusModel):
     pattern = "router logits stored on the layer for an auxiliary loss"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(RouterLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.post_init()
+    layer_class = RouterLayer
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -306,10 +287,7 @@ class AuxListLayer(modeling_llama.LlamaDecoderLayer):
 class AuxLossList(CorpusModel):
     pattern = "auxiliary losses appended to a list passed in"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(AuxListLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.post_init()
+    layer_class = AuxListLayer
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -333,10 +311,7 @@ class SharingLayer(modeling_llama.LlamaDecoderLayer):
 class SharedDict(CorpusModel):
     pattern = "first layer's states shared with later layers through a dict"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(SharingLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.post_init()
+    layer_class = SharingLayer
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -357,12 +332,10 @@ class KwargsOnlyLayer(modeling_llama.LlamaDecoderLayer):
 
 class KwargsOnly(CorpusModel):
     pattern = "layer taking only **kwargs, a (scale, shift) tuple by keyword"
+    layer_class = KwargsOnlyLayer
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(KwargsOnlyLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+    def add_parts(self, cfg):
         self.film = nn.Linear(cfg.hidden_size, 2 * cfg.hidden_size)
-        self.post_init()
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -391,10 +364,7 @@ class MemoryLayer(modeling_llama.LlamaDecoderLayer):
 class StateObject(CorpusModel):
     pattern = "recurrent memory in a state object, updated in place"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(MemoryLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.post_init()
+    layer_class = MemoryLayer
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -408,11 +378,6 @@ class StateObject(CorpusModel):
 class LoraStack(CorpusModel):
     pattern = "PEFT LoRA on a frozen model"
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList(modeling_llama.LlamaDecoderLayer(cfg, i)
-                                    for i in range(cfg.num_hidden_layers))
-        self.post_init()
 
     def forward(self, input_ids):
         h = self.embed(input_ids)
@@ -559,6 +524,14 @@ def check(name: str, entry: str) -> Dict[str, Any]:
     return result
 
 
+def expected_runs(result: Dict[str, Any]) -> int:
+    """Forward runs of each layer in two steps: forward and recompute each step, and in the
+    first, where gcshim checkpoints with reentrant asked, its check of the forward without
+    grad (not inside a model's own checkpoint, where gcshim does not checkpoint again)."""
+    checked = result["entry"] == "apply-reentrant" and not result["checkpoints_itself"]
+    return 4 + (1 if checked else 0)
+
+
 def passed(result: Dict[str, Any]) -> bool:
     """Loss and every gradient as without checkpointing, every layer recomputed in both steps,
     and a lower peak (no higher one where the model checkpoints itself)."""
@@ -567,7 +540,7 @@ def passed(result: Dict[str, Any]) -> bool:
     peak_ok = (result["peak"] <= result["peak_plain"] if result["checkpoints_itself"]
                else result["peak"] < result["peak_plain"])
     return (result["loss_equal"] and not result["missing"] and not result["wrong"]
-            and result["runs"] == [4] * LAYERS and peak_ok)
+            and result["runs"] == [expected_runs(result)] * LAYERS and peak_ok)
 
 
 def main(argv: List[str]) -> None:

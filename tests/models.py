@@ -57,6 +57,10 @@ def not_torchs_own(caught: List[warnings.WarningMessage]) -> List[str]:
             if not any(re.search(m, str(w.message)) for m in TORCHS_OWN_WARNINGS)]
 
 
+# Extra forward runs of each layer in its first checkpointed step: with use_reentrant=True
+# gcshim runs the forward once without grad, to compare it with the forward with grad.
+CHECK_RUNS = {False: 0, True: 1}
+
 _COUNTS: Dict[Tuple[int, str], int] = {}
 
 

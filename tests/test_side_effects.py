@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from models import CHECK_RUNS
 from torch import nn
 
 import gcshim
@@ -103,10 +104,15 @@ def test_is_recomputing_is_true_only_in_the_recompute(reentrant):
     gcshim.apply(model, use_reentrant=reentrant)
     assert not gcshim.is_recomputing()
     out = model(torch.randn(3, 8, requires_grad=True))
-    assert seen == [False, False]
+    # reentrant's first step checks each forward without grad: a run that is not the forward
+    check = [True] * CHECK_RUNS[reentrant]
+    assert seen == [*check, False, *check, False]
     out.sum().backward()
-    assert seen == [False, False, True, True]
+    assert seen == [*check, False, *check, False, True, True]
     assert not gcshim.is_recomputing()
+    out = model(torch.randn(3, 8, requires_grad=True))  # later steps: forward, recompute
+    out.sum().backward()
+    assert seen[-4:] == [False, False, True, True]
     model.eval()
     model(torch.randn(3, 8))
     assert seen[-2:] == [False, False]

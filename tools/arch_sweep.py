@@ -48,7 +48,7 @@ from gcshim.memory import peak_bytes  # noqa: E402
 # the loss of one step: tiny_models' for its models; tester_models' weighted one for testers'
 _LOSS = [tiny_models.loss_of]
 LAYER_LADDER = (2, 6, 12)  # Zamba ties its shared block: two hybrid layers need 12
-RUN_SECONDS = 40  # one step; transformers' own reentrant WavLM recursion would never end
+RUN_SECONDS = 60  # a step (two for gcshim); transformers' own reentrant WavLM recursion never ends
 CONDITIONS = [(reentrant, cache) for reentrant in (False, True) for cache in ("off", "default")]
 GCSHIM_DIR = str(Path(gcshim.__file__).resolve().parent)
 
@@ -124,11 +124,15 @@ def compare(reference: Dict[str, torch.Tensor], grads: Dict[str, torch.Tensor],
 
 
 def _run(base: Any, inputs: Dict[str, Any], cache: str, setup: Callable[[Any], None],
-         counter: CallCounter, measure: bool = True) -> Dict[str, Any]:
+         counter: CallCounter, measure: bool = True, warm_up: bool = False) -> Dict[str, Any]:
+    """One step (after a first, unjudged one with `warm_up`: gcshim checks each layer in
+    its first step, non-reentrant, and checkpoints in the mode asked from the second)."""
     model = copy.deepcopy(base)
     if cache == "off":
         model.config.use_cache = False
     setup(model)
+    if warm_up:
+        _step(model, inputs, counter, measure=False)
     return _step(model, inputs, counter, measure)
 
 
@@ -147,8 +151,24 @@ def _gcshim_apply(reentrant: bool, seen: Dict[str, Any]) -> Callable[[Any], None
         seen["layers"] = len(rows)
         seen["adapters"] = sorted({row.adapter for row in rows})
         seen["source"] = handle.source
+        seen["_handle"] = handle  # read after the step: what the first call found
 
     return setup
+
+
+def _found(seen: Dict[str, Any]) -> None:
+    """What gcshim's first checkpointed calls found (side_channels), from the report rows."""
+    handle = seen.pop("_handle", None)
+    if handle is None:
+        return
+    rows = [row for row in handle.report().rows if row.status == "checkpointed"]
+    fallbacks = [row.note for row in rows if "fallback" in getattr(row, "mode", "")]
+    replays = [row.note for row in rows if "replays" in getattr(row, "note", "")]
+    if fallbacks:
+        seen["fallbacks"] = len(fallbacks)
+        seen["fallback_why"] = fallbacks[0][:200]
+    if replays:
+        seen["replays"] = len(replays)
 
 
 class StepTimeout(Exception):
@@ -259,8 +279,10 @@ def _conditions(record: Dict[str, Any], base: Any, inputs: Dict[str, Any],
             seen: Dict[str, Any] = {}
             setup = _gcshim_apply(reentrant, seen) if who == "gcshim" else _hf_enable(reentrant)
             # peak memory only for gcshim: the live-tensor tracker doubles a run's time
-            run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim")
+            run = functools.partial(_run, base, inputs, cache, setup, counter, who == "gcshim",
+                                    warm_up=who == "gcshim")
             entry[who] = _verdict(run, reference, trainable)
+            _found(seen)
             entry[who].update(seen)
             if entry[who]["status"] == "wrong-grads":
                 # the plain step again: if it too misses the reference, the model's own

@@ -11,7 +11,7 @@ import json
 import platform
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from packaging.version import Version
 
@@ -21,10 +21,15 @@ SHORT = {"non-reentrant/cache-off": "NR-off", "reentrant/cache-off": "R-off",
          "non-reentrant/cache-default": "NR-on", "reentrant/cache-default": "R-on"}
 
 
-def load(directory: Path) -> Dict[str, Dict[str, Dict[str, Any]]]:
-    """version -> arch -> record (the last record of an arch wins: reruns replace)."""
+SOURCES = {"transformers": "tiny models from default configs (tools/tiny_models.py)",
+           "testers": "transformers' own ModelTesters (tools/tester_models.py)"}
+
+
+def load(directory: Path, source: str = "transformers") -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """version -> arch -> record (the last record of an arch wins: reruns replace), for the
+    sweep files of one source: transformers-<version>.jsonl or testers-<version>.jsonl."""
     results: Dict[str, Dict[str, Dict[str, Any]]] = defaultdict(dict)
-    for path in sorted(directory.glob("transformers-*.jsonl")):
+    for path in sorted(directory.glob(f"{source}-*.jsonl")):
         version = path.stem.split("-", 1)[1]
         for line in path.read_text().splitlines():
             record = json.loads(line)
@@ -102,7 +107,53 @@ def summarise(records: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     return {"counts": counts, "failures": failures}
 
 
-def render(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
+def silent_wrong_gradients(results: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
+    """Every run where gcshim trained on with gradients other than the plain step's."""
+    found = []
+    for version, records in results.items():
+        for arch, record in sorted(records.items()):
+            bad = [SHORT[c] for c in CONDITIONS
+                   if record.get("conditions", {}).get(c, {}).get("gcshim", {}).get("status")
+                   == "wrong-grads"]
+            if bad:
+                entry = record["conditions"][next(c for c in CONDITIONS if SHORT[c] == bad[0])]
+                found.append(f"{version} `{arch}` {'/'.join(bad)}: "
+                             f"{entry['gcshim'].get('mismatch')}{_same_as_transformers(record)}")
+    return found
+
+
+def per_condition(results: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
+    """A table per release: for each condition, how gcshim's and transformers' runs ended."""
+    lines = ["| release | condition | ran | gcshim pass | wrong grads | error | not recomputed "
+             "| transformers' own pass | transformers passes, gcshim not |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for version, records in results.items():
+        for condition in CONDITIONS:
+            counts: Dict[str, int] = defaultdict(int)
+            for record in records.values():
+                entry = record.get("conditions", {}).get(condition)
+                if record.get("status") != "ran" or entry is None:
+                    continue
+                counts["ran"] += 1
+                ours = entry["gcshim"].get("status")
+                theirs = entry.get("transformers", {}).get("status")
+                counts[ours] += 1
+                if ours == "cache-kept":
+                    counts["pass"] += 1
+                if theirs == "pass":
+                    counts["theirs"] += 1
+                    if ours not in ("pass", "cache-kept"):
+                        counts["they only"] += 1
+            lines.append(f"| {version} | {SHORT[condition]} | {counts['ran']} | "
+                         f"{counts['pass']} | {counts['wrong-grads']} | {counts['error']} | "
+                         f"{counts['no-recompute']} | {counts['theirs']} | "
+                         f"{counts['they only']} |")
+    return lines
+
+
+def render(results: Dict[str, Dict[str, Dict[str, Any]]],
+           testers: Optional[Dict[str, Dict[str, Dict[str, Any]]]] = None) -> str:
+    testers = testers or {}
     torch_versions = sorted({r.get("torch", "?") for v in results.values() for r in v.values()
                              if r.get("torch")})
     lines = [
@@ -126,6 +177,24 @@ def render(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
         "- `sub-model`: a config type without a model class of its own (covered by its parent); "
         "`no-build`/`no-baseline`: the sweep's tiny-model builder could not make the model or "
         "its un-checkpointed step run (excluded from the percentages; reasons below).",
+        "- a second source builds each model class the way transformers' own test suite does "
+        "(its `ModelTester`'s config and inputs, from transformers' repository at the "
+        "release's tag) and trains it with a loss that reaches every floating output through "
+        "a fixed random weight; its results are the second part of this page.",
+        "",
+        "## Silent wrong gradients (failures)",
+        "",
+        "A run where gcshim trained on with gradients other than the un-checkpointed step's, "
+        "from either source. This list must be empty.",
+        "",
+    ]
+    silent = silent_wrong_gradients(results) + silent_wrong_gradients(
+        {f"{version} (testers)": records for version, records in testers.items()})
+    lines += [f"- {item}" for item in silent] or ["- none"]
+    lines += ["", "## Per condition, tiny models", ""] + per_condition(results)
+    if testers:
+        lines += ["", "## Per condition, transformers' own testers", ""] + per_condition(testers)
+    lines += [
         "",
         "## Summary per transformers release",
         "",
@@ -181,7 +250,29 @@ def render(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
             if record.get("status") in ("no-build", "no-baseline", "timeout", "crashed"):
                 lines.append(f"- `{arch}` {record['status']}: {record.get('error', '')[:160]}")
         lines += ["", "</details>", ""]
+    if testers:
+        lines += _tester_section(testers)
     return "\n".join(lines) + "\n"
+
+
+def _tester_section(testers: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
+    lines = ["## transformers' own testers: summary and failures", ""]
+    summaries = {version: summarise(records) for version, records in testers.items()}
+    keys = ["model types", "no-build", "no-baseline", "timeout", "ran", "gcshim pass",
+            "transformers' own pass", "transformers passes, gcshim does not",
+            "runs that crashed inside gcshim"]
+    lines.append("| model classes | " + " | ".join(testers) + " |")
+    lines.append("|---|" + "---|" * len(testers))
+    for key in keys:
+        label = "model classes" if key == "model types" else key
+        row = [str(summaries[v]["counts"].get(key, 0)) for v in testers]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines.append("")
+    for version in testers:
+        failures = summaries[version]["failures"]
+        lines.append(f"- **{version}**: " + ("none" if not failures else ""))
+        lines += [f"  - {failure}" for failure in failures]
+    return lines + [""]
 
 
 def _same_as_transformers(record: Dict[str, Any]) -> str:
@@ -204,7 +295,7 @@ def main() -> None:
     parser.add_argument("--sweeps", type=Path, default=Path("docs/sweep"))
     parser.add_argument("--out", type=Path, default=Path("docs/coverage.md"))
     args = parser.parse_args()
-    args.out.write_text(render(load(args.sweeps)))
+    args.out.write_text(render(load(args.sweeps), load(args.sweeps, "testers")))
 
 
 if __name__ == "__main__":
