@@ -136,6 +136,28 @@ def _run(base: Any, inputs: Dict[str, Any], cache: str, setup: Callable[[Any], N
     return _step(model, inputs, counter, measure)
 
 
+def _double(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    return value
+
+
+def _agrees_in_float64(base: Any, inputs: Dict[str, Any], cache: str,
+                       setup: Callable[[Any], None], counter: CallCounter,
+                       trainable: List[str], warm_up: bool) -> bool:
+    """Whether a float32 mismatch disappears in float64 (where rounding is 1e-16, and a lost
+    or wrong gradient stays as large as it was)."""
+    try:
+        base64 = copy.deepcopy(base).double()
+        inputs64 = {key: _double(value) for key, value in inputs.items()}
+        with _time_limit(RUN_SECONDS):
+            plain = _run(base64, inputs64, cache, lambda model: None, counter, False)
+            checked = _run(base64, inputs64, cache, setup, counter, False, warm_up=warm_up)
+    except Exception:  # a model that cannot run in float64 keeps its float32 verdict
+        return False
+    return compare(plain["grads"], checked["grads"], trainable) is None
+
+
 def _hf_enable(reentrant: bool) -> Callable[[Any], None]:
     def setup(model: Any) -> None:
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -290,6 +312,13 @@ def _conditions(record: Dict[str, Any], base: Any, inputs: Dict[str, Any],
                 plain = _run(base, inputs, cache, lambda model: None, counter, False)
                 if compare(reference["grads"], plain["grads"], trainable) is not None:
                     entry[who]["status"] = "unstable-baseline"
+                elif _agrees_in_float64(base, inputs, cache, setup, counter, trainable,
+                                        warm_up=who == "gcshim"):
+                    # float32 rounding (another summation order in backward) on a gradient
+                    # that is zero in exact arithmetic: a GroupNorm's input bias, say
+                    entry[who]["status"] = "pass"
+                    entry[who]["float32_rounding"] = entry[who].pop("mismatch")
+                    entry[who]["mismatch"] = None
             if entry[who]["status"] == "no-recompute" and _keeps_cache(seen):
                 entry[who]["status"] = "cache-kept"  # correct, by design not checkpointed
     return record
