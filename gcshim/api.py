@@ -287,7 +287,8 @@ def _apply_selection(model: nn.Module, selection: Selection, options: Checkpoint
         current = ""
         hf_flags.switch_off(selection.switch_off, switched_off)
         flagged = [path for path, _m, wrapper in patched
-                   if wrapper._self_gcshim_flags is not None]
+                   if wrapper._self_gcshim_flags is not None
+                   and wrapper.gcshim_call.adapter.flag_stack]
         for stack in hf_flags.stacks_to_mark(model, flagged):
             marked_stacks.append((stack, hf_flags.mark(stack, options)))
     except BaseException as error:  # KeyboardInterrupt too: all or nothing

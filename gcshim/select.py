@@ -166,11 +166,6 @@ _TABLE, _LAYER, _NO_SPLIT = ("adapter table", "transformers GradientCheckpointin
                              "transformers _no_split_modules")
 
 
-def _is_declared_layer(module: nn.Module) -> bool:
-    """A layer the adapter table or transformers itself names as the unit to checkpoint."""
-    return has_specific_adapter(module) or is_transformers_layer(module)
-
-
 def _declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
     """Which of the declared sources the matches came from, in a fixed order."""
     found = set()
@@ -185,17 +180,27 @@ def _declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
 
 
 def _auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
-    """What the model declares (adapter table rows, transformers' GradientCheckpointingLayer
-    instances, and _no_split_modules, together: a VLM's text layers may have no row while its
-    vision layers do), then repeated blocks."""
+    """What the model declares (adapter table rows and _no_split_modules, together: a VLM's
+    text layers may have no row while its vision layers do; transformers'
+    GradientCheckpointingLayer instances where neither names anything, and inside a
+    _no_split_modules block, as the finer choice), then repeated blocks."""
     no_split = _no_split_class_names(model)
+    units = [path for path, module in model.named_modules()
+             if type(module).__name__ in no_split or has_specific_adapter(module)]
 
-    def declared(_name: str, module: nn.Module) -> bool:
-        if _is_declared_layer(module):
+    def checkpointing_layer(name: str, module: nn.Module) -> bool:
+        # beside units the model declares (SEW-D's encoder layers), its small conv layers
+        # would be checkpointed too, for no memory saved under reentrant checkpointing
+        return is_transformers_layer(module) and (
+            not units or any(name.startswith(unit + ".") for unit in units))
+
+    def declared(name: str, module: nn.Module) -> bool:
+        if has_specific_adapter(module) or checkpointing_layer(name, module):
             return True
         # a _no_split_modules class around declared layers would hide those (finer) layers
         return type(module).__name__ in no_split and not any(
-            _is_declared_layer(inner) for inner in module.modules())
+            has_specific_adapter(inner) or checkpointing_layer(f"{name}.{path}", inner)
+            for path, inner in module.named_modules() if path)
 
     yield DECLARED, declared
     repeated = tuple(_repeated_block_classes(model))

@@ -35,12 +35,26 @@ SUBSET = [
 INSTALLED_ONLY = ["gemma3", "paligemma", "qwen2_vl", "mllama", "sew-d", "pvt_v2", "pi0"]
 
 
+# Measured on the second step (the first checks each layer, non-reentrant): SEW-D's tiny
+# model holds, under reentrant checkpointing, 5% more than without (its relative-position
+# inputs are saved by every checkpointed layer, and the layers are small).
+REENTRANT_PEAK_NOT_LOWER = {"sew-d"}
+
+
 def _check(record):
     require_ran(record)
     for condition, entry in record["conditions"].items():
         ours = entry["gcshim"]
+        if ours["status"] == "no-second-step":
+            # the model's own second step fails too (RecurrentGemma with caching off carries
+            # its state, and that state's freed graph, into the next step): no reference
+            assert ours["plain_error"], ours
+            continue
         assert ours["status"] == "pass", (record["arch"], condition, ours)
         assert ours["recomputed"] > 0
+        if condition.startswith("reentrant") and record["arch"] in REENTRANT_PEAK_NOT_LOWER:
+            assert ours["peak_ratio"] < 1.1, (record["arch"], condition, ours)
+            continue
         assert ours["peak_ratio"] < 1.0, (record["arch"], condition, ours)
 
 

@@ -152,6 +152,9 @@ class Adapter:
     transformers_checkpointing: see TRANSFORMERS_CHECKPOINTING.
     module_state: attribute names that the layer's (sub)modules reassign in forward (a
         recurrent state): put back as they were for the recompute, so it replays the forward.
+    flag_stack: whether, on transformers 4.53-4.x, the stacks above get transformers' flag
+        too (so that they turn caching off as the flagged layers do); False where that flag
+        changes what the stack computes.
     auto: whether `layers="auto"` picks layers of this row.
     """
 
@@ -169,6 +172,7 @@ class Adapter:
     grad_args: Tuple[str, ...] = ("hidden_states",)
     transformers_checkpointing: str = "works"
     module_state: Tuple[str, ...] = ()
+    flag_stack: bool = True
     auto: bool = True
     notes: str = ""
     _specifier: SpecifierSet = field(init=False, repr=False, compare=False)

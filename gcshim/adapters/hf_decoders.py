@@ -98,7 +98,11 @@ ROWS = [
         classes=("RecurrentGemmaDecoderLayer",),
         grad_args=("activations",),
         module_state=("recurrent_states", "conv1d_state"),
+        # its stack resets the recurrent state only while caching: flagged, it turns caching
+        # off and the next step starts from this step's state (and its freed graph)
+        flag_stack=False,
         notes="the RG-LRU and its conv keep their state on the module and reassign it in every "
-              "forward: the recompute starts from the state the forward started from",
+              "forward: the recompute starts from the state the forward started from; the "
+              "stack keeps its flag off, so it resets the state every step",
     ),
 ]
