@@ -82,6 +82,23 @@ class CorpusModel(PreTrainedModel):
     def add_parts(self, cfg: LlamaConfig) -> None:
         """What a pattern's model has beside the frame and its layers."""
 
+    # a container or state object made for each forward and passed to every layer
+    side_argument: Optional[str] = None
+
+    def new_side(self, hidden: torch.Tensor) -> Any:
+        return None
+
+    def outputs(self, hidden: torch.Tensor, side: Any) -> Dict[str, Any]:
+        return {"logits": self.head(hidden)}
+
+    def forward(self, input_ids: torch.Tensor) -> Dict[str, Any]:
+        h = self.embed(input_ids)
+        side = self.new_side(h)
+        extra = {self.side_argument: side} if self.side_argument else {}
+        for layer in self.layers:
+            h = _hidden(layer(h, **extra, **self.layer_kwargs(h)))
+        return self.outputs(h, side)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.embed
 
@@ -288,13 +305,13 @@ class AuxLossList(CorpusModel):
     pattern = "auxiliary losses appended to a list passed in"
 
     layer_class = AuxListLayer
+    side_argument = "aux_losses"
 
-    def forward(self, input_ids):
-        h = self.embed(input_ids)
-        losses: List[torch.Tensor] = []
-        for layer in self.layers:
-            h = layer(h, aux_losses=losses, **self.layer_kwargs(h))
-        return {"logits": self.head(h), "aux": torch.stack(losses).sum()}
+    def new_side(self, hidden):
+        return []
+
+    def outputs(self, hidden, side):
+        return {"logits": self.head(hidden), "aux": torch.stack(side).sum()}
 
 
 # -- 9. cross-layer KV sharing through a dict ------------------------------------------------
@@ -312,13 +329,10 @@ class SharedDict(CorpusModel):
     pattern = "first layer's states shared with later layers through a dict"
 
     layer_class = SharingLayer
+    side_argument = "shared"
 
-    def forward(self, input_ids):
-        h = self.embed(input_ids)
-        shared: Dict[str, torch.Tensor] = {}
-        for layer in self.layers:
-            h = layer(h, shared=shared, **self.layer_kwargs(h))
-        return {"logits": self.head(h)}
+    def new_side(self, hidden):
+        return {}
 
 
 # -- 10. a layer with `**kwargs` only, tensors (a tuple among them) by keyword ----------------
@@ -365,25 +379,15 @@ class StateObject(CorpusModel):
     pattern = "recurrent memory in a state object, updated in place"
 
     layer_class = MemoryLayer
+    side_argument = "memory"
 
-    def forward(self, input_ids):
-        h = self.embed(input_ids)
-        memory = Memory(h.shape[-1])
-        for layer in self.layers:
-            h = layer(h, memory=memory, **self.layer_kwargs(h))
-        return {"logits": self.head(h)}
+    def new_side(self, hidden):
+        return Memory(hidden.shape[-1])
 
 
 # -- 12. LoRA on frozen layers (PEFT) -----------------------------------------------------------
 class LoraStack(CorpusModel):
     pattern = "PEFT LoRA on a frozen model"
-
-
-    def forward(self, input_ids):
-        h = self.embed(input_ids)
-        for layer in self.layers:
-            h = _hidden(layer(h, **self.layer_kwargs(h)))
-        return {"logits": self.head(h)}
 
 
 def _lora(model: nn.Module) -> Optional[nn.Module]:
