@@ -139,10 +139,30 @@ def inside_other_checkpoint() -> bool:
     calls torch.utils.checkpoint itself): in a non-reentrant checkpoint's forward (its
     saved-tensor hooks are on top) or in any recompute during backward. Checkpointing the layer
     again there would only recompute it twice."""
-    if torch._C._current_graph_task_id() != -1:  # a backward is running: this is a recompute
+    if _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1:  # in a backward: a recompute
         return True
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    hooks = _top_saved_tensors_hooks()
     return hooks is not None and getattr(hooks[0], "__module__", None) == _torch_checkpoint.__name__
+
+
+# torch internals read by inside_other_checkpoint (feature-detected: absent means "not seen")
+_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+_TOP_HOOKS = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks",
+                     None)
+_TOP_HOOKS_ARGS: list = [(False,)]  # (ignore_is_tracing,) on recent torch; none on older ones
+
+
+def _top_saved_tensors_hooks() -> Any:
+    """The innermost saved-tensor hooks pair, or None."""
+    if _TOP_HOOKS is None:
+        return None
+    try:
+        return _TOP_HOOKS(*_TOP_HOOKS_ARGS[0])
+    except TypeError:
+        if not _TOP_HOOKS_ARGS[0]:
+            raise
+        _TOP_HOOKS_ARGS[0] = ()  # an older signature: ask without the argument from now on
+        return _TOP_HOOKS()
 
 
 def checkpoint(
