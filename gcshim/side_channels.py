@@ -11,9 +11,14 @@ Two things make a checkpointed step's gradients differ from the plain step's wit
   backward then starts from the written values, not the ones the forward saw, in either mode.
   The cure is to put the values the forward saw back for the recompute (`Replay`).
 
-A `Probe` is taken before a layer's first checkpointed call and read after it. The walk is
-bounded (depth and count) and runs once per layer; `held_tensors` runs per call only for layers
-the probe found writing into state.
+- **state**: the layer changes a container, a state object or its own attributes (a dict
+  entry, a step counter). The recompute would start from what the forward left: `Replay`
+  puts back what the forward saw, then what it left.
+- **grad mode**: the forward computes other values without grad (`run_without_grad`,
+  `same_values`); reentrant's forward runs without grad, so the layer goes non-reentrant.
+
+A `Probe` is taken before a layer's first checkpointed call and read after it; the walk is
+bounded (depth and count). Later calls take one only for layers the first found changing state.
 """
 
 from __future__ import annotations
