@@ -22,7 +22,7 @@ def tests(session: nox.Session) -> None:
     """The default test suite on the pinned torch."""
     session.install(TORCH)
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "--slow", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -75,7 +75,7 @@ def sweep(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", ".")
+    session.install("-e", ".[demo]")
     session.run("python", "-m", "gcshim", "demo", *session.posargs)
 
 

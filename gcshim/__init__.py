@@ -13,6 +13,7 @@ from .errors import (
     SideChannelError,
     UnsupportedOptionError,
 )
+from .plain_copy import keep_on_copy
 from .planner import Plan
 from .report import LayerReport, Report
 from .side_effects import is_recomputing
@@ -36,6 +37,7 @@ __all__ = [
     "apply",
     "is_applied",
     "is_recomputing",
+    "keep_on_copy",
     "plan",
     "register_adapter",
     "remove",

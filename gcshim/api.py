@@ -105,7 +105,7 @@ class Handle:
 
 def _row(path: str, module: nn.Module, wrapper: _patch.CheckpointedForward) -> LayerReport:
     call = wrapper.gcshim_call
-    return LayerReport(path, type(module).__name__, "checkpointed", call.adapter.name,
+    return LayerReport(path, type(module).__name__, call.status(module), call.adapter.name,
                        call.mode, call.note)
 
 

@@ -20,10 +20,10 @@ from typing import Optional
 
 import wrapt
 
-from ._log import logger
+from ._log import logger, warn_once
 from .autoapply import FirstForward
 from .integrations.transformers import TransformersSwitches
-from .settings import Settings
+from .settings import VARIABLES, Settings, unknown_variables
 
 _lock = threading.Lock()
 
@@ -58,6 +58,10 @@ def activate(settings: Optional[Settings] = None) -> bool:
     global _activation
     settings = settings or Settings.from_environ()
     settings.configure_logging()
+    unknown = unknown_variables()
+    if unknown:
+        warn_once("unknown-variables", f"gcshim: {', '.join(unknown)} is not a gcshim setting "
+                  f"and does nothing; the settings are {', '.join(VARIABLES)}")
     with _lock:
         if settings.disable or (_activation is not None and _activation.active):
             return False

@@ -19,19 +19,50 @@ import torch
 from torch import nn
 
 from . import api
-from ._log import logger, notice_once
+from ._log import logger, notice_once, warn_once
 from .hf_flags import transformers_checkpoints
 from .profile import loss_of
 from .settings import Settings
 
+# whether the GCSHIM_* settings have chosen what gcshim does to some model in this process
+_settings_used = threading.Event()
+
 
 def apply_from_settings(model: nn.Module, settings: Settings,
                         use_reentrant: Optional[bool] = None) -> api.Handle:
+    """`gcshim.apply` with what the environment says; a setting matching nothing is a
+    LookupError here (the callers decide whether that is a warning)."""
     options = settings.apply_options(use_reentrant)
     handle = api.apply(model, **options)
+    _settings_used.set()
+    if settings.offload and not torch.cuda.is_available():
+        warn_once("offload-no-cuda", "gcshim: GCSHIM_OFFLOAD=1 does nothing without a CUDA "
+                  "device; checkpointing runs as usual")
     if settings.budget is not None and handle.layers:
         _plan_on_next_forward(model, settings.budget, options)
+    announce(handle, settings)
     return handle
+
+
+def announce(handle: api.Handle, settings: Settings) -> None:
+    """The one line (once per process, unless GCSHIM_QUIET) saying what gcshim did."""
+    if settings.quiet or not handle.layers:
+        return
+    report = handle.report()
+    rows = [row for row in report.rows if row.status == "checkpointed"]
+    classes = ", ".join(sorted({row.layer for row in rows}))
+    modes = " / ".join(sorted({row.mode for row in rows}))
+    notice_once("announce", f"gcshim: checkpointing {len(rows)} layers of {report.model} "
+                f"({classes}; {modes}), found by {report.source}. GCSHIM_QUIET=1 hides this "
+                "line", logging.WARNING)
+
+
+def warn_unused_settings(settings: Settings, why: str) -> None:
+    """Once: the GCSHIM_* settings given were not used, and why."""
+    given = settings.given()
+    if given and not _settings_used.is_set():
+        warn_once("settings-unused", f"gcshim: {', '.join(f'{k}={v}' for k, v in given.items())}"
+                  f" did nothing: {why}")
 
 
 def _plan_on_next_forward(model: nn.Module, budget: int, options: Dict[str, Any]) -> None:
@@ -87,14 +118,21 @@ class FirstForward:
         self._seen.update(module.modules())
         if api.is_applied(module) or any(transformers_checkpoints(m) for m in module.modules()):
             self.remove()  # the script checkpoints this model itself: nothing to do
+            warn_unused_settings(self.settings, f"the script checkpoints {type(module).__name__}"
+                                 " itself (gcshim.apply, or transformers' own checkpointing)")
             return
         if not any(p.requires_grad for p in module.parameters()):
             return
         self._busy.on = True
         try:
             apply_from_settings(module, self.settings)
-        except LookupError as error:  # no blocks here; a later top-level module may have some
-            logger.info("gcshim: auto: %s", error)
+        except LookupError as error:
+            if self.settings.layers is not None:  # the user named layers: say they matched none
+                warn_once(f"layers-unmatched:{type(module).__name__}",
+                          f"{error}. Nothing is checkpointed (GCSHIM_LAYERS="
+                          f"{self.settings.layers!r}; `gcshim inspect` shows what matches)")
+            else:  # no blocks here; a later top-level module may have some
+                logger.info("gcshim: auto: %s", error)
             return
         finally:
             self._busy.on = False

@@ -15,24 +15,37 @@ transformers is never imported here: models are recognised by their attributes.
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from ._attrs import put_back, take
+from . import plain_copy
+from ._attrs import deepcopy_taken, put_back, take
 from .checkpoint import CheckpointOptions
 
 FLAG = "gradient_checkpointing"
 FUNC = "_gradient_checkpointing_func"
 
+# (attribute, what the instance __dict__ held before: a value or ABSENT)
+Saved = List[Tuple[str, Any]]
+
 
 class PassThrough:
     """transformers' checkpoint function on a gcshim layer: gcshim checkpoints inside, so call."""
 
-    __slots__ = ("options",)
+    __slots__ = ("options", "saved")
 
-    def __init__(self, options: CheckpointOptions) -> None:
+    def __init__(self, options: CheckpointOptions, saved: Optional[Saved] = None) -> None:
         self.options = options
+        # the layer's flags before gcshim marked it: a copy or pickle of it gets these back
+        self.saved = saved
+
+    def __deepcopy__(self, memo: dict) -> PassThrough:
+        # (a deep copy that keeps gcshim: see gcshim.plain_copy) the same options, and the
+        # copied layer's own saved flags
+        saved = None if self.saved is None else [
+            (name, deepcopy_taken(value, memo)) for name, value in self.saved]
+        return PassThrough(self.options, saved)
 
     def __call__(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
@@ -77,24 +90,21 @@ def should_mark(layer: nn.Module, owner: nn.Module) -> bool:
     return is_transformers_model(owner) or hasattr(type(layer), FLAG)
 
 
-# (attribute, what the instance __dict__ held before: a value or ABSENT)
-Saved = List[Tuple[str, Any]]
-
-
 def mark(layer: nn.Module, options: CheckpointOptions) -> Saved:
     """Flag `layer` as checkpointed (by gcshim); returns what `unmark` needs."""
     saved = [(name, take(layer, name)) for name in (FLAG, FUNC)]
-    layer.__dict__[FUNC] = PassThrough(options)
+    plain_copy.hook_of(layer)  # first: a copy made at any point after this is plain
+    layer.__dict__[FUNC] = PassThrough(options, saved)
     layer.__dict__[FLAG] = True
     return saved
 
 
 def unmark(layer: nn.Module, saved: Saved) -> None:
     """Undo `mark`, unless transformers has since taken the flags over (then leave them)."""
-    if not isinstance(layer.__dict__.get(FUNC), PassThrough):
-        return
-    for name, value in saved:
-        put_back(layer, name, value)
+    if isinstance(layer.__dict__.get(FUNC), PassThrough):
+        for name, value in saved:
+            put_back(layer, name, value)
+    plain_copy.drop_if_plain(layer)
 
 
 def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
@@ -129,11 +139,15 @@ def switch_off(modules: List[nn.Module], saved: Dict[nn.Module, Any]) -> None:
     `saved` as it goes (so an interruption half-way can still be undone)."""
     for module in modules:
         saved[module] = take(module, FLAG)
+        plain_copy.hook_of(module).flag_before = saved[module]
         module.__dict__[FLAG] = False
 
 
 def switch_back(saved: Dict[nn.Module, Any]) -> None:
     for module, value in saved.items():
-        if module.__dict__.get(FLAG) is not False:
-            continue  # changed since: leave transformers' later choice alone
-        put_back(module, FLAG, value)
+        if module.__dict__.get(FLAG) is False:  # else changed since: transformers' choice stays
+            put_back(module, FLAG, value)
+        hook = module.__dict__.get(plain_copy.HOOK)
+        if isinstance(hook, plain_copy.PlainState):
+            hook.flag_before = plain_copy.NOT_SWITCHED
+        plain_copy.drop_if_plain(module)

@@ -7,6 +7,8 @@ configuration costs nothing; it is applied, reported, and removed.
 from __future__ import annotations
 
 import importlib
+import sys
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -14,7 +16,36 @@ from torch import nn
 
 from . import api
 from .adapters import find_adapter
+from .errors import GcshimWarning
+from .hf_flags import is_transformers_model
 from .select import ancestor_classes
+
+
+def _import_quietly(module_name: str) -> Any:
+    """Import a module with a clean sys.argv (a script without a __main__ guard would read
+    gcshim's arguments as its own), saying so when importing it runs a model."""
+    saved_argv = sys.argv
+    sys.argv = [module_name]
+    forwards = [0]
+
+    def count(_module: nn.Module, _args: Any) -> None:
+        forwards[0] += 1
+
+    hook = nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        module = importlib.import_module(module_name)
+    except SystemExit as error:
+        raise ValueError(f"importing {module_name!r} exited (code {error.code}): it runs as "
+                         "a script on import; give it an `if __name__ == '__main__':` "
+                         "guard") from None
+    finally:
+        hook.remove()
+        sys.argv = saved_argv
+    if forwards[0]:
+        warnings.warn(f"gcshim inspect: importing {module_name!r} ran {forwards[0]} module "
+                      "forward calls: it runs a training script on import (no `if __name__ == "
+                      "'__main__':` guard)", GcshimWarning, stacklevel=3)
+    return module
 
 
 def resolve(target: str) -> type:
@@ -23,7 +54,7 @@ def resolve(target: str) -> type:
     if not sep or not module_name or not class_name:
         raise ValueError(f"{target!r}: give module:Class, e.g. transformers:LlamaForCausalLM")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_quietly(module_name)
     except ImportError as error:
         raise ValueError(f"{target!r}: cannot import {module_name!r} ({error})") from None
     found: Any = module
@@ -64,11 +95,14 @@ def inspect_model(model: nn.Module) -> Dict[str, Any]:
         handle.remove()
     modules = dict(model.named_modules())
     layers: List[Dict[str, Any]] = []
+    transformers_model = is_transformers_model(model)
     for row in report.rows:
         adapter = find_adapter(modules[row.path], ancestor_classes(model, row.path))
         layers.append({"path": row.path, "class": row.layer, "status": row.status,
                        "adapter": adapter.name,
-                       "transformers_checkpointing": adapter.transformers_checkpointing,
+                       # transformers' own checkpointing only exists on its models
+                       "transformers_checkpointing": (adapter.transformers_checkpointing
+                                                      if transformers_model else "n/a"),
                        "notes": adapter.notes})
     info: Dict[str, Any] = {"model": type(model).__name__, "found_by": report.source,
                             "checkpointed": len(report.checkpointed), "layers": layers}

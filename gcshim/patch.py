@@ -20,7 +20,7 @@ import wrapt
 from packaging.version import Version
 from torch import nn
 
-from . import hf_flags
+from . import hf_flags, plain_copy
 from ._attrs import ABSENT, deepcopy_taken, put_back, take
 from .adapters import Adapter, Signature
 from .checkpoint import CheckpointOptions
@@ -159,6 +159,7 @@ def patch(
     marked = adapter.cache_policy == "neutralise" and hf_flags.should_mark(module, owner)
     flags = None
     try:
+        plain_copy.hook_of(module)
         flags = hf_flags.mark(module, options) if marked else None
         wrapper = CheckpointedForward(original, call, previous, owner, flags, module)
         module.__dict__["forward"] = wrapper
@@ -166,6 +167,7 @@ def patch(
         if flags is not None:
             hf_flags.unmark(module, flags)
         put_back(module, "forward", previous)
+        plain_copy.drop_if_plain(module)
         raise
     return wrapper
 
@@ -210,6 +212,7 @@ def unpatch(module: nn.Module, wrapper: Optional[CheckpointedForward] = None) ->
     if current is not target:
         return False
     put_back(module, "forward", current._self_gcshim_previous)
+    plain_copy.drop_if_plain(module)
     return True
 
 

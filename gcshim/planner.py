@@ -14,8 +14,9 @@ layer never lowers it, so the last layer goes last.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -110,10 +111,18 @@ def estimate_peak(costs: Sequence[LayerCost], checkpointed: Sequence[bool], rest
 
 
 def recompute_order(costs: Sequence[LayerCost]) -> List[int]:
-    """Layer indices, cheapest recompute first; the last layer (no relief) at the end."""
+    """Layer indices, cheapest recompute first; the last layer (no relief) at the end.
+
+    Layers that save the same bytes (the repeated blocks of a model) are taken as equally
+    costly, at their median forward time, so that timing noise never reorders them: ties go by
+    position, and the same model and inputs give the same plan every time."""
     last = len(costs) - 1
-    return sorted(range(len(costs)),
-                  key=lambda i: (i == last, costs[i].forward_seconds, -costs[i].saved_bytes, i))
+    times: Dict[int, List[float]] = {}
+    for cost in costs:
+        times.setdefault(cost.saved_bytes, []).append(cost.forward_seconds)
+    typical = {saved: statistics.median(seconds) for saved, seconds in times.items()}
+    return sorted(range(len(costs)), key=lambda i: (
+        i == last, typical[costs[i].saved_bytes], -costs[i].saved_bytes, i))
 
 
 def _fewest_that_fit(costs: Sequence[LayerCost], order: Sequence[int], rest: int,

@@ -10,7 +10,9 @@ from typing import List, Tuple
 class LayerReport:
     path: str
     layer: str
-    status: str  # "checkpointed" or "skipped: <reason>"
+    # "checkpointed"; or why not: "skipped: <reason>" (at apply, or at the layer's last call:
+    # eval mode, grad disabled, ...), "handed to transformers' own checkpointing"
+    status: str
     adapter: str = ""
     mode: str = ""
     note: str = ""  # why the mode differs from the one asked, what the recompute replays

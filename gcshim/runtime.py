@@ -13,7 +13,7 @@ from torch import nn
 from . import side_channels, side_effects, tree
 from ._log import notice_once, warn_once
 from .adapters import Adapter, Signature
-from .adapters.base import is_legacy_cache, returns_cache
+from .adapters.base import holds_content, is_legacy_cache, returns_cache
 from .checkpoint import (
     CheckpointOptions,
     checkpoint,
@@ -26,13 +26,38 @@ from .hf_flags import defined_in_transformers, transformers_checkpoints
 from .offload import Offloader
 
 
-def should_checkpoint(module: nn.Module, adapter: Adapter) -> bool:
-    """Checkpoint only when a backward will follow and nobody else checkpoints this layer."""
-    if not (module.training and torch.is_grad_enabled()):
-        return False
+def skip_reason(module: nn.Module, adapter: Adapter) -> Optional[str]:
+    """Why this call is not checkpointed (a key of SKIPPED), or None: checkpoint it. Only when a
+    backward will follow and nobody else checkpoints this layer."""
+    if not module.training:
+        if torch.is_grad_enabled():
+            notice_once("eval-grad", f"gcshim: {type(module).__qualname__} runs forward in eval "
+                        "mode with grad enabled: gcshim checkpoints only in training mode, so "
+                        "this step keeps every activation (call model.train() to checkpoint)",
+                        logging.INFO)
+        return "eval"
+    if not torch.is_grad_enabled():
+        return "no-grad"
     # transformers' own checkpointing switched on after apply(): let it do the work, once,
     # unless the adapter table knows it does nothing (or breaks) for this layer.
-    return not (adapter.transformers_checkpointing == "works" and transformers_checkpoints(module))
+    if hands_to_transformers(module, adapter):
+        return "transformers"
+    return None
+
+
+def hands_to_transformers(module: nn.Module, adapter: Adapter) -> bool:
+    return adapter.transformers_checkpointing == "works" and transformers_checkpoints(module)
+
+
+# what the report says of a layer whose last call was not checkpointed, and why
+SKIPPED = {
+    "eval": "skipped: eval mode",
+    "no-grad": "skipped: grad disabled",
+    "transformers": "handed to transformers' own checkpointing",
+    "frozen": "skipped: nothing in it needs a gradient",
+    "nested": "skipped: runs inside the model's own checkpoint",
+    "cache": "skipped: fills a cache its model reads later",
+}
 
 
 def cache_policy(module: nn.Module, adapter: Adapter) -> str:
@@ -65,7 +90,8 @@ class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
-                 "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state")
+                 "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state",
+                 "last_skip")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = ""):
@@ -85,6 +111,14 @@ class CheckpointedCall:
         self.probed = False
         self.fallback: Optional[str] = None
         self.replays_state: Optional[str] = None
+        # why the latest call was not checkpointed (a key of SKIPPED), None if it was
+        self.last_skip: Optional[str] = None
+
+    def status(self, module: nn.Module) -> str:
+        """What happened at the layer's last call, for the report."""
+        if hands_to_transformers(module, self.adapter):  # known now, called or not
+            return SKIPPED["transformers"]
+        return SKIPPED[self.last_skip] if self.last_skip is not None else "checkpointed"
 
     def where(self, module: nn.Module) -> str:
         name = type(module).__qualname__
@@ -111,7 +145,8 @@ class CheckpointedCall:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Any:
-        if not should_checkpoint(instance, self.adapter):
+        skip = self.last_skip = skip_reason(instance, self.adapter)
+        if skip is not None:
             return wrapped(*args, **kwargs)
         policy = cache_policy(instance, self.adapter)
         if policy == "keep":
@@ -123,11 +158,15 @@ class CheckpointedCall:
                 f"gcshim: {layer} fills a cache its model reads later, so calls that pass one "
                 "run without checkpointing. Shown once per layer class.",
             )
+            self.last_skip = "cache"
             return wrapped(*args, **kwargs)
         edit = None
         if self._may_carry_cache(kwargs) and not self._keeps_legacy_cache(instance, args, kwargs):
             args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
-        if edit is not None:
+        if edit is not None and any(holds_content(edit.argument(name))
+                                    for name in self.adapter.cache_args):
+            # only where the caller passed a cache with something in it: an empty one that
+            # config.use_cache made in a training step loses nothing
             layer = type(instance).__qualname__
             warn_once(
                 f"cache:{type(instance).__module__}.{layer}",
@@ -150,12 +189,14 @@ class CheckpointedCall:
         tensors, skeleton = tree.flatten_call(args, kwargs)
         input_needs, anything_needs = _needs_grad(module, tensors)
         if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
+            self.last_skip = "frozen"
             return wrapped(*args, **kwargs)
         compiling = is_compiling()
         if not compiling and inside_other_checkpoint():
             notice_once(f"nested:{self.path}", f"gcshim: layer {self.where(module)} runs inside "
                         "a checkpoint the model makes itself; gcshim does not checkpoint it "
                         "again", logging.INFO)
+            self.last_skip = "nested"
             return wrapped(*args, **kwargs)
         options = self.options
         probe = None

@@ -17,6 +17,7 @@ LayerMatcher = Callable[[str, nn.Module], bool]
 LayerSpec = Union[str, type, LayerMatcher, Sequence[Union[str, type, LayerMatcher]]]
 
 AUTO = "auto"
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 
 
 @dataclass
@@ -37,22 +38,64 @@ def annotate(error: BaseException, context: str) -> None:
 
 
 # -- the spec -------------------------------------------------------------------------------
-def _compile_one(spec: object, where: str) -> Union[str, LayerMatcher]:
+# One grammar for apply(layers=...), `gcshim run --layers` and GCSHIM_LAYERS. A string is a
+# comma-separated list of words; a word with a "." is a module path or path glob ("blocks.0",
+# "blocks.*", "encoder.layer.1?"), any other word a class-name glob ("*DecoderLayer") or "auto".
+# (A class name never holds a dot; to select a top-level child by path, pass the module.)
+def parse_layer_string(text: str) -> List[str]:
+    """The words of a `layers` string; ValueError if one is empty or holds whitespace."""
+    words = [word.strip() for word in text.split(",")]
+    if not text.strip() or any(not word or any(c.isspace() for c in word) for word in words):
+        raise ValueError(f"layers={text!r}: give 'auto', or comma-separated class-name globs "
+                         "('*DecoderLayer,GPT2Block') and module paths ('blocks.0', 'blocks.*')")
+    return words
+
+
+def is_path_word(word: str) -> bool:
+    return "." in word
+
+
+class Instances:
+    """Matches the given module instances (a ModuleList, ModuleDict or Sequential stands for
+    its children)."""
+
+    def __init__(self, modules: Iterable[nn.Module]) -> None:
+        self.modules: List[nn.Module] = []
+        for module in modules:
+            inner = (list(module.children()) if isinstance(module, _CONTAINERS)
+                     else [module])
+            self.modules.extend(m for m in inner if all(m is not k for k in self.modules))
+        self._ids = {id(module) for module in self.modules}
+
+    def __call__(self, _name: str, module: nn.Module) -> bool:
+        return id(module) in self._ids
+
+
+def _word_matcher(word: str) -> Union[str, LayerMatcher]:
+    if word == AUTO:
+        return AUTO
+    if is_path_word(word):
+        return lambda name, _module: fnmatch.fnmatchcase(name, word)
+    return lambda _name, module: fnmatch.fnmatchcase(type(module).__name__, word)
+
+
+def _compile_one(spec: object, where: str) -> List[Union[str, LayerMatcher]]:
     if isinstance(spec, str):
         if not spec:
             raise ValueError("layers: an empty string matches nothing")
-        if spec == AUTO:
-            return AUTO
-        return lambda _name, module: fnmatch.fnmatchcase(type(module).__name__, spec)
+        return [_word_matcher(word) for word in parse_layer_string(spec)]
+    if isinstance(spec, nn.Module):  # before `callable`: a module is callable too
+        return [Instances([spec])]
     if isinstance(spec, type):
         if not issubclass(spec, nn.Module):
             raise TypeError(f"layers{where}: {spec.__name__} is not an nn.Module subclass")
-        return lambda _name, module: isinstance(module, spec)
+        return [lambda _name, module: isinstance(module, spec)]
     if callable(spec):
-        return spec  # type: ignore[return-value]
+        return [spec]  # type: ignore[list-item]
     raise TypeError(
-        f"layers{where} must be 'auto', a class, a class-name string or glob, a callable "
-        f"(name, module) -> bool, or a list/tuple of these; got {type(spec).__name__}"
+        f"layers{where} must be 'auto', a class, a string of class-name globs and module paths, "
+        "a module instance (a ModuleList: its children), a callable (name, module) -> bool, "
+        f"or a list/tuple of these; got {type(spec).__name__}"
     )
 
 
@@ -61,18 +104,39 @@ def compile_spec(layers: object) -> List[Union[str, LayerMatcher]]:
     if isinstance(layers, (list, tuple)):
         if not layers:
             raise ValueError("layers: an empty list matches nothing")
-        return [_compile_one(item, f"[{i}]") for i, item in enumerate(layers)]
-    return [_compile_one(layers, "")]
+        compiled = [m for i, item in enumerate(layers) for m in _compile_one(item, f"[{i}]")]
+    else:
+        compiled = _compile_one(layers, "")
+    instances = [m for m in compiled if isinstance(m, Instances)]
+    if len(instances) > 1:  # one matcher for all instances given
+        merged = Instances(module for m in instances for module in m.modules)
+        compiled = [m for m in compiled if not isinstance(m, Instances)] + [merged]
+    return compiled
 
 
 def describe_spec(layers: object) -> str:
     if isinstance(layers, (list, tuple)):
         return "[" + ", ".join(describe_spec(item) for item in layers) + "]"
+    if isinstance(layers, nn.Module):
+        return f"<{type(layers).__name__} instance>"
     if isinstance(layers, type):
         return layers.__name__
     if isinstance(layers, str):
         return repr(layers)
     return getattr(layers, "__qualname__", repr(layers))
+
+
+def _check_instances_inside(model: nn.Module, compiled: List[Union[str, LayerMatcher]]) -> None:
+    """LookupError for a module instance in `layers` that is not a submodule of `model`."""
+    for matcher in compiled:
+        if not isinstance(matcher, Instances):
+            continue
+        inside = {id(module) for _path, module in list(model.named_modules())[1:]}
+        for module in matcher.modules:
+            if id(module) not in inside:
+                raise LookupError(f"gcshim: layers: the {type(module).__name__} instance given "
+                                  f"is not a submodule of {type(model).__name__} (the root "
+                                  "itself is never checkpointed)")
 
 
 # -- already checkpointed ---------------------------------------------------------------------
@@ -185,6 +249,11 @@ def _auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
     GradientCheckpointingLayer instances where neither names anything, and inside a
     _no_split_modules block, as the finer choice), then repeated blocks."""
     no_split = _no_split_class_names(model)
+    counts = Counter(type(module).__name__ for module in model.modules())
+    if any(counts[name] >= 2 for name in no_split):
+        # _no_split_modules also names one-off parts (ViTEmbeddings beside ViTLayer) that must
+        # stay on one device; the layers to checkpoint are the repeated ones
+        no_split = [name for name in no_split if counts[name] >= 2]
     units = [path for path, module in model.named_modules()
              if type(module).__name__ in no_split or has_specific_adapter(module)]
 
@@ -221,6 +290,30 @@ def candidate_classes(model: nn.Module) -> List[str]:
     return names
 
 
+def candidates_text(model: nn.Module) -> str:
+    """What a user could name instead: block classes, and the paths of the first one."""
+    classes = candidate_classes(model)
+    if not classes:
+        return "Candidate block classes: none"
+    paths = [path for path, module in list(model.named_modules())[1:]
+             if type(module).__name__ == classes[0]][:2]
+    return (f"Candidate block classes: {', '.join(classes)} (or module paths such as "
+            f"{', '.join(repr(p) for p in paths)})")
+
+
+def _path_hint(model: nn.Module, layers: object) -> str:
+    """A word without a dot is a class name: say so where it is also a path in the model."""
+    words = [word for item in (layers if isinstance(layers, (list, tuple)) else [layers])
+             if isinstance(item, str) for word in item.split(",")]
+    paths = dict(model.named_modules())
+    hits = [word.strip() for word in words if word.strip() in paths and word.strip()]
+    if not hits:
+        return ""
+    return (f". {hits[0]!r} is read as a class name (a word without a dot); to select the "
+            f"module at that path pass it (model.{hits[0]}), or its children as "
+            f"'{hits[0]}.*'")
+
+
 def _outermost_matches(
     model: nn.Module, matchers: List[LayerMatcher]
 ) -> List[Tuple[str, nn.Module]]:
@@ -244,7 +337,6 @@ def _outermost_matches(
     return matches
 
 
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 
 
 def _take_over_from_transformers(
@@ -279,6 +371,7 @@ def _take_over_from_transformers(
 def select(model: nn.Module, layers: object) -> Selection:
     """Choose the layers to checkpoint; LookupError if the spec matches none."""
     compiled = compile_spec(layers)
+    _check_instances_inside(model, compiled)
     explicit = [m for m in compiled if m is not AUTO]
     selection = Selection()
     matches = _outermost_matches(model, explicit) if explicit else []
@@ -292,12 +385,10 @@ def select(model: nn.Module, layers: object) -> Selection:
                 matches, sources = auto_matches, [*sources, "auto: " + source]
                 break
     if not matches:
-        candidates = ", ".join(candidate_classes(model)) or "none"
         what = "auto discovery" if AUTO in compiled else f"layers={describe_spec(layers)}"
-        raise LookupError(
-            f"gcshim: {what} matched no layer in {type(model).__name__} (the root itself is "
-            f"never checkpointed). Candidate block classes: {candidates}"
-        )
+        raise LookupError(f"gcshim: {what} matched no layer in {type(model).__name__} (the "
+                          f"root itself is never checkpointed). {candidates_text(model)}"
+                          + _path_hint(model, layers))
     reasons = _reasons_by_path(model)
     patched = [path for path, reason in reasons.items() if reason == _BY_GCSHIM]
     modules = dict(model.named_modules())

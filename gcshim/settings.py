@@ -3,7 +3,8 @@
 Values are parsed strictly: anything unexpected is one GcshimConfigError naming the variable,
 the value and what it may be. Nothing is evaluated.
 
-    GCSHIM_LAYERS     auto | comma-separated class-name globs ("*DecoderLayer,GPT2Block")
+    GCSHIM_LAYERS     auto | comma-separated class-name globs and module paths, as
+                      apply(layers=...) reads a string ("*DecoderLayer,GPT2Block", "blocks.*")
     GCSHIM_REENTRANT  1/0, true/false, yes/no, on/off
     GCSHIM_EVERY      a positive integer
     GCSHIM_BUDGET     a size: 12GiB, 1.5GB, 800MiB, or bytes
@@ -11,6 +12,10 @@ the value and what it may be. Nothing is evaluated.
     GCSHIM_DISABLE    a boolean: true turns `import gcshim.auto` into a no-op
     GCSHIM_LOG        debug | info | warning | error: the level of the "gcshim" logger,
                       printed to stderr
+    GCSHIM_QUIET      a boolean: true hides the one line printed when gcshim is applied
+
+A GCSHIM_* variable that gcshim does not know is reported once (a GcshimWarning), as is a
+setting that ends up doing nothing (layers that match nothing, offload without CUDA, ...).
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 from .errors import GcshimConfigError
 from .memory import parse_bytes
 
 VARIABLES = ("GCSHIM_LAYERS", "GCSHIM_REENTRANT", "GCSHIM_EVERY", "GCSHIM_BUDGET",
-             "GCSHIM_OFFLOAD", "GCSHIM_DISABLE", "GCSHIM_LOG")
+             "GCSHIM_OFFLOAD", "GCSHIM_DISABLE", "GCSHIM_LOG", "GCSHIM_QUIET")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _LEVELS = ("debug", "info", "warning", "error")
@@ -46,15 +51,15 @@ def _positive_int(name: str, text: str) -> int:
     return int(value)
 
 
-def _layers(name: str, text: str) -> Union[str, List[str]]:
-    value = text.strip()
-    if value == "auto":
-        return "auto"
-    globs = [part.strip() for part in value.split(",")]
-    if not value or any(not glob or any(c.isspace() for c in glob) for glob in globs):
-        raise GcshimConfigError(f"{name}={text!r}: must be 'auto' or comma-separated class-name "
-                                "globs such as '*DecoderLayer,GPT2Block'")
-    return globs
+def _layers(name: str, text: str) -> str:
+    """The value as given (apply() reads it with the same grammar), once it parses."""
+    from .select import parse_layer_string
+
+    try:
+        parse_layer_string(text)
+    except ValueError as error:
+        raise GcshimConfigError(f"{name}{str(error)[len('layers'):]}") from None
+    return text.strip()
 
 
 def _budget(name: str, text: str) -> int:
@@ -75,13 +80,14 @@ def _level(name: str, text: str) -> str:
 class Settings:
     """What the environment asked for; None means "not set" (the caller's choice stands)."""
 
-    layers: Optional[Union[str, List[str]]] = None
+    layers: Optional[str] = None
     use_reentrant: Optional[bool] = None
     every: Optional[int] = None
     budget: Optional[int] = None
     offload: Optional[bool] = None
     disable: bool = False
     log: Optional[str] = None
+    quiet: bool = False
 
     @classmethod
     def from_environ(cls, environ: Optional[Mapping[str, str]] = None) -> Settings:
@@ -99,10 +105,18 @@ class Settings:
             offload=read("GCSHIM_OFFLOAD", _bool),
             disable=bool(read("GCSHIM_DISABLE", _bool)),
             log=read("GCSHIM_LOG", _level),
+            quiet=bool(read("GCSHIM_QUIET", _bool)),
         )
         if settings.every is not None and settings.budget is not None:
             raise GcshimConfigError("GCSHIM_EVERY and GCSHIM_BUDGET: give one or the other")
         return settings
+
+    def given(self) -> Dict[str, str]:
+        """The settings that choose what gcshim does, as NAME=value, for messages."""
+        named = (("GCSHIM_LAYERS", self.layers), ("GCSHIM_REENTRANT", self.use_reentrant),
+                 ("GCSHIM_EVERY", self.every), ("GCSHIM_BUDGET", self.budget),
+                 ("GCSHIM_OFFLOAD", self.offload))
+        return {name: str(value) for name, value in named if value is not None}
 
     def apply_options(self, use_reentrant: Optional[bool] = None) -> Dict[str, Any]:
         """Keyword arguments for `gcshim.apply`. `use_reentrant` is the script's own choice
@@ -127,3 +141,14 @@ class Settings:
             handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
             handler._gcshim = True  # type: ignore[attr-defined]
             logger.addHandler(handler)
+
+
+def unknown_variables(environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """GCSHIM_* names in the environment that gcshim does not read (a typo does nothing)."""
+    env = os.environ if environ is None else environ
+    return sorted(name for name in env if name.startswith("GCSHIM_") and name not in VARIABLES
+                  and name not in _INTERNAL)
+
+
+# read by the test suite and tools, not by gcshim itself
+_INTERNAL = ("GCSHIM_OLD_TRANSFORMERS", "GCSHIM_MORE_TRANSFORMERS", "GCSHIM_STRESS_CYCLES")

@@ -10,6 +10,42 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import gcshim  # noqa: E402
 
+ROOT = Path(__file__).parents[1]
+
+
+def _releases_installed_by_ci() -> None:
+    """Point the tests on other transformers releases at the `pip install --target` copies that
+    .ci/run makes (.ci/transformers-<version>), unless the environment names its own."""
+    found = sorted(path.parent for path in (ROOT / ".ci").glob("transformers-*/transformers"))
+    if not found:
+        return
+    oldest, *others = sorted(found, key=lambda p: tuple(
+        int(part) for part in p.name.split("-", 1)[1].split(".") if part.isdigit()))
+    os.environ.setdefault("GCSHIM_OLD_TRANSFORMERS", str(oldest))
+    if others:
+        os.environ.setdefault("GCSHIM_MORE_TRANSFORMERS", os.pathsep.join(map(str, others)))
+
+
+_releases_installed_by_ci()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (what CI runs)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test; runs with --slow (as CI does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state():

@@ -176,21 +176,24 @@ class LayerPastBlock(nn.Module):
 class CacheCallerModel(nn.Module):
     """A stack that asks its layers for caches and indexes the cache slot of their outputs."""
 
-    def __init__(self, block: type, layers: int = 2, positional: bool = False) -> None:
+    def __init__(self, block: type, layers: int = 2, positional: bool = False,
+                 filled: bool = False) -> None:
         super().__init__()
         self.layers = nn.ModuleList(block() for _ in range(layers))
         self.positional = positional
+        self.filled = filled  # pass caches holding a past (generation, a prefix), not empty
         self.head = nn.Linear(WIDTH, 1)
 
     def forward(self, h, output_attentions=False):
         caches = []
         for layer in self.layers:
-            cache = []
+            cache = [torch.zeros(1, WIDTH)] if self.filled else []
             if isinstance(layer, LayerPastBlock):
+                past = (torch.zeros(1, WIDTH),) * 2 if self.filled else None
                 if self.positional:
-                    out = layer(h, None, None, True, output_attentions)
+                    out = layer(h, past, None, True, output_attentions)
                 else:
-                    out = layer(h, layer_past=None, use_cache=True,
+                    out = layer(h, layer_past=past, use_cache=True,
                                 output_attentions=output_attentions)
                 caches.append(out[1])
             else:

@@ -22,7 +22,7 @@ def test_settings_parse_every_variable():
     settings = Settings.from_environ({
         "GCSHIM_LAYERS": "*Block, GPT2Block", "GCSHIM_REENTRANT": "Yes", "GCSHIM_EVERY": "3",
         "GCSHIM_OFFLOAD": "off", "GCSHIM_DISABLE": "0", "GCSHIM_LOG": "INFO"})
-    assert settings == Settings(layers=["*Block", "GPT2Block"], use_reentrant=True, every=3,
+    assert settings == Settings(layers="*Block, GPT2Block", use_reentrant=True, every=3,
                                 offload=False, disable=False, log="info")
     assert Settings.from_environ({"GCSHIM_BUDGET": "1.5GiB"}).budget == int(1.5 * 2**30)
     assert Settings.from_environ({}) == Settings()

@@ -171,5 +171,11 @@ def test_estimate_matches_the_backward_order_argument():
 
 
 def test_recompute_order_is_cheapest_first_with_the_last_layer_last():
-    costs = _costs([10, 10, 10, 10], seconds=[3.0, 1.0, 2.0, 0.5])
+    costs = _costs([10, 11, 12, 13], seconds=[3.0, 1.0, 2.0, 0.5])
     assert recompute_order(costs) == [1, 2, 0, 3]
+
+
+def test_recompute_order_of_repeated_blocks_ignores_timing_noise():
+    # the same block seven times: measured times differ only by noise, the order by position
+    noisy = _costs([10] * 7, seconds=[1.3, 0.9, 1.1, 1.0, 1.2, 0.95, 1.05])
+    assert recompute_order(noisy) == [0, 1, 2, 3, 4, 5, 6]

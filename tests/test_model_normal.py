@@ -33,14 +33,24 @@ def test_names_and_state_dict_unchanged():
     model.load_state_dict(RopeLikeModel().state_dict())
 
 
-def test_deepcopy_of_an_applied_model_is_applied_and_independent():
+def test_deepcopy_of_an_applied_model_is_plain_unless_kept():
+    model = RopeLikeModel().train()
+    gcshim.apply(model)
+    clone = copy.deepcopy(model)
+    assert not gcshim.is_applied(clone)
+    assert all(set(vars(a)) == set(vars(b)) - {"forward", "__getstate__"}
+               for a, b in zip(clone.modules(), model.modules()))
+
+
+def test_deepcopy_kept_applied_is_applied_and_independent():
     model = RopeLikeModel().train()
     ids = torch.randint(32, (3, 5))
     reference = RopeLikeModel()
     reference.load_state_dict(model.state_dict())
     reference(ids).backward()
     gcshim.apply(model)
-    clone = copy.deepcopy(model)
+    with gcshim.keep_on_copy():
+        clone = copy.deepcopy(model)
     assert gcshim.is_applied(clone)
     for layer in clone.layers:
         # The copy's patch wraps the copy's own forward, not the original's.

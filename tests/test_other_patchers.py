@@ -247,8 +247,8 @@ def test_transformers_class_wrapper_is_untouched_and_both_orders_train_alike():
 
 
 def test_mlp_blocks_with_a_class_wrapper_deepcopy_and_remove():
-    """A deep copy of an applied model whose class another tool wrapped carries its own
-    patches and removes cleanly."""
+    """A deep copy (kept applied) of an applied model whose class another tool wrapped carries
+    its own patches and removes cleanly."""
     seen = []
 
     def counting(wrapped, instance, args, kwargs):
@@ -261,7 +261,8 @@ def test_mlp_blocks_with_a_class_wrapper_deepcopy_and_remove():
     wrapt.wrap_function_wrapper(Wrapped, "forward", counting)
     model = nn.Sequential(Wrapped(), Wrapped())
     gcshim.apply(model)
-    twin = copy.deepcopy(model)
+    with gcshim.keep_on_copy():
+        twin = copy.deepcopy(model)
     twin(torch.randn(4, 32)).sum().backward()
     assert len(seen) == 4
     gcshim.remove(twin)

@@ -13,6 +13,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+import torch
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -97,6 +98,24 @@ def is_legacy_cache(value: Any) -> bool:
         is_legacy_cache(item) or type(item).__name__ in ("Tensor", "Parameter") for item in value)
 
 
+def holds_content(cache: Any) -> bool:
+    """Whether a cache argument holds something (past keys/values, a state): what a caller
+    passes on purpose. An empty cache object, made because config.use_cache is on, does not."""
+    if cache is None:
+        return False
+    if isinstance(cache, torch.Tensor):
+        return cache.numel() > 0
+    if type(cache) in (tuple, list):
+        return any(holds_content(item) for item in cache)
+    length = getattr(cache, "get_seq_length", None)
+    if callable(length):
+        try:
+            return int(length()) > 0
+        except Exception:  # a cache type that cannot say: take it as holding something
+            return True
+    return True
+
+
 def returns_cache(layer_type: type) -> bool:
     """Whether a layer's tuple output may hold its cache: transformers layers stopped
     returning caches in 5.0 (the Cache object is updated in place)."""
@@ -117,7 +136,7 @@ class CacheEdit:
     argument: Callable[[str], Any]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_version(package: str) -> Optional[Version]:
     try:
         from importlib.metadata import PackageNotFoundError, version

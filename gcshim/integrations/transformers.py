@@ -4,8 +4,8 @@
 `TrainingArguments(gradient_checkpointing=True)` calls) go to gcshim when the model's own
 checkpointing is absent (`supports_gradient_checkpointing=False`) or raises; otherwise
 transformers' own path runs, and gcshim then takes over only the layers the adapter table knows
-it does nothing for or breaks. A GCSHIM_LAYERS / EVERY / BUDGET / OFFLOAD setting means the user
-chose gcshim: it replaces transformers' own path. The disable calls remove gcshim too.
+it does nothing for or breaks. A GCSHIM_LAYERS / REENTRANT / EVERY / BUDGET / OFFLOAD setting means
+the user chose gcshim: it replaces transformers' own path. The disable calls remove gcshim too.
 
 The methods are replaced on `PreTrainedModel` by plain functions, not wrapt proxies: transformers
 5.24 decides whether a subclass overrides `gradient_checkpointing_enable` by comparing the bound
@@ -40,8 +40,7 @@ def _checkpoint_kwargs(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[st
 
 
 def _user_chose_gcshim(settings: Settings) -> bool:
-    return any(value is not None for value in
-               (settings.layers, settings.every, settings.budget, settings.offload))
+    return bool(settings.given())
 
 
 class TransformersSwitches:
