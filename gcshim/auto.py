@@ -21,7 +21,7 @@ from typing import Optional
 import wrapt
 
 from ._log import logger, warn_once
-from .autoapply import FirstForward
+from .autoapply import FirstForward, _settings_used
 from .integrations.transformers import TransformersSwitches
 from .settings import VARIABLES, Settings, unknown_variables
 
@@ -66,6 +66,7 @@ def activate(settings: Optional[Settings] = None) -> bool:
         if settings.disable or (_activation is not None and _activation.active):
             return False
         _activation = _Activation(settings)
+        _settings_used.clear()  # what this activation's settings did, from now on
     logger.info("gcshim: auto is on")
     return True
 

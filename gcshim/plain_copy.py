@@ -52,7 +52,9 @@ class PlainState:
 
     def __call__(self) -> Any:
         module = self._module()
-        state = type(module).__getstate__(module)
+        # the class's own (nn.Module has one from torch 2.0 on; object's from Python 3.11)
+        class_getstate = getattr(type(module), "__getstate__", None)
+        state = class_getstate(module) if class_getstate is not None else dict(vars(module))
         if getattr(_keeping, "on", False) or not isinstance(state, dict):
             return state
         return plain_state(state, self.flag_before)

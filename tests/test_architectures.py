@@ -115,6 +115,7 @@ OLD = os.environ.get("GCSHIM_OLD_TRANSFORMERS")
 OLD_ONLY = ["umt5", "swiftformer", "recurrent_gemma"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not OLD, reason="set GCSHIM_OLD_TRANSFORMERS to a pip --target install")
 def test_second_transformers_release(tmp_path):
     out = tmp_path / "sweep.jsonl"
@@ -176,6 +177,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not OLD, reason="set GCSHIM_OLD_TRANSFORMERS to a pip --target install")
 def test_second_release_is_gradient_checkpointing_follows_apply_and_remove():
     env = dict(os.environ, PYTHONPATH=OLD)

@@ -48,6 +48,7 @@ def _run(command, pythonpath="", entries=None):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _releases(), reason="set GCSHIM_OLD_TRANSFORMERS or "
                     "GCSHIM_MORE_TRANSFORMERS to pip --target installs of other releases")
 @pytest.mark.parametrize("target", _releases())

@@ -1,4 +1,4 @@
-"""The README's scale-out recipes run as written (2 CPU ranks for the distributed ones)."""
+"""The reference's scale-out recipes run as written (2 CPU ranks for the distributed ones)."""
 
 import subprocess
 import sys
@@ -11,6 +11,7 @@ from models import COMPILES_PATCHED_LAYERS, NO_COMPILE_REASON, fsdp2_missing
 RECIPE = Path(__file__).parents[1] / "docs" / "recipes" / "scale_out.py"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 @pytest.mark.parametrize("recipe", [
     "ddp",
@@ -30,6 +31,7 @@ def test_distributed_recipe_runs_under_torchrun(recipe):
 
 
 @pytest.mark.skipif(not COMPILES_PATCHED_LAYERS, reason=NO_COMPILE_REASON)
+@pytest.mark.slow
 def test_compile_recipe_runs():
     # aot_eager: the same tracing and partitioning as inductor, without its minute of codegen
     result = subprocess.run([sys.executable, str(RECIPE), "compile", "aot_eager"],

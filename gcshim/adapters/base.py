@@ -254,18 +254,6 @@ class Adapter:
             for klass in cls.__mro__
         )
 
-    def matches(self, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
-        """Whether this row covers layers of class `cls` on the installed versions."""
-        return self.covers(cls, ancestors) and self.holds_for_installed_version()
-        if self.predicate is not None:
-            return bool(self.predicate(cls)) and self.holds_for_installed_version()
-        for klass in cls.__mro__:
-            if klass.__name__ in self.classes and (
-                self.module_prefix is None or klass.__module__.startswith(self.module_prefix)
-            ):
-                return self.holds_for_installed_version()
-        return False
-
     # -- the call -----------------------------------------------------------------------
     def carries_cache(
         self, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]

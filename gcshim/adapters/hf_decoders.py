@@ -32,7 +32,6 @@ ROWS = [
     transformers_row(
         name="transformers Llama-style decoder layer",
         classes=LLAMA_STYLE,
-        grad_args=("hidden_states",),
         notes="tuple outputs before 4.55 append the Cache; a Tensor from 4.55",
     ),
     transformers_row(
@@ -40,14 +39,12 @@ ROWS = [
         classes=ROUTER_STYLE,
         versions="<4.55",
         cache_slot=_router_cache_slot,
-        grad_args=("hidden_states",),
         notes="router logits are the last slot; the cache goes before them",
     ),
     transformers_row(
         name="transformers MoE decoder layer",
         classes=ROUTER_STYLE,
         versions=">=4.55",
-        grad_args=("hidden_states",),
         notes="Tensor output; router logits are collected by hooks on the router",
     ),
     transformers_row(
@@ -60,7 +57,6 @@ ROWS = [
     transformers_row(
         name="transformers layer_past block",
         classes=LAYER_PAST_STYLE,
-        grad_args=("hidden_states",),
         notes="tuple outputs carry the cache at index 1 while use_cache is on",
     ),
     transformers_row(
@@ -84,14 +80,12 @@ ROWS = [
         versions="<5",
         cache_slot="last",
         transformers_checkpointing="unsupported",
-        grad_args=("hidden_states",),
         notes="always (h, attn, present): present is None while caching is off",
     ),
     transformers_row(
         name="transformers decoders without transformers checkpointing",
         classes=("JetMoeDecoderLayer", "BarkBlock", "CpmAntTransformerBlock"),
         transformers_checkpointing="unsupported",
-        grad_args=("hidden_states",),
     ),
     transformers_row(
         name="transformers RecurrentGemma layer",

@@ -19,14 +19,12 @@ ROWS = [
         name="transformers ALBERT layer group",
         classes=("AlbertLayerGroup",),
         transformers_checkpointing="unsupported",
-        grad_args=("hidden_states",),
         notes="one group, shared, called once per layer: each call is checkpointed on its own",
     ),
     transformers_row(
         name="transformers encoders without transformers checkpointing",
         classes=("MPNetLayer", "SqueezeBertModule", "FunnelLayer", "XLMLayer", "ReformerLayer"),
         transformers_checkpointing="unsupported",
-        grad_args=("hidden_states",),
         notes="supports_gradient_checkpointing is False for these models",
     ),
     transformers_row(

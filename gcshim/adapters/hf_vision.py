@@ -24,7 +24,6 @@ ROWS = [
         classes=("MaskFormerSwinStage",),
         versions="<5",
         transformers_checkpointing="broken",
-        grad_args=("hidden_states",),
         notes="transformers' checkpoint call raises TypeError on these releases",
     ),
     transformers_row(
@@ -42,7 +41,6 @@ ROWS = [
                  # transformers' own works for these from 5.0 (narrower rows above before)
                  "MaskFormerSwinStage", "SwiftFormerEncoderBlock", "SwiftFormerConvEncoder",
                  "SwiftFormerLocalRepresentation"),
-        grad_args=("hidden_states",),
         notes="no cache; PVTv2 blocks may get inputs that need no grad (reentrant anchor)",
     ),
 ]
