@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 import gcshim
-from gcshim.checkpoint import non_reentrant_saves_inputs
-from gcshim.frontier import draw_frontier
-from gcshim.memory import format_bytes, peak_bytes
+from gcshim.budget.frontier import draw_frontier
+from gcshim.budget.memory import format_bytes, peak_bytes
+from gcshim.core.torch_checkpoint import non_reentrant_saves_inputs
 
 RESULTS = Path(__file__).parent / "results"
 

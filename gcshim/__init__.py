@@ -1,10 +1,15 @@
 """gcshim: gradient (activation) checkpointing for any PyTorch model at runtime, and out again."""
 
-from . import sac
+from . import integrations  # noqa: F401  (registers transformers' answers with the core)
 from ._log import reset_notices
 from .adapters import Adapter, register_adapter, unregister_adapter
 from .api import Handle, applied, apply, is_applied, plan, remove, report
-from .checkpoint import supported_options
+from .budget.planner import Plan
+from .core import sac
+from .core.plain_copy import keep_on_copy
+from .core.report import LayerReport, Report
+from .core.side_effects import is_recomputing
+from .core.torch_checkpoint import supported_options
 from .errors import (
     BudgetError,
     GcshimConfigError,
@@ -13,10 +18,6 @@ from .errors import (
     SideChannelError,
     UnsupportedOptionError,
 )
-from .plain_copy import keep_on_copy
-from .planner import Plan
-from .report import LayerReport, Report
-from .side_effects import is_recomputing
 
 __version__ = "0.1.0"
 

@@ -6,23 +6,25 @@ import contextlib
 import logging
 import threading
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from . import hf_flags, policy
-from . import patch as _patch
 from ._log import logger, notice_once
 from .adapters import find_adapter
-from .checkpoint import CheckpointOptions, make_options, non_reentrant_saves_inputs
-from .errors import UnsupportedOptionError
-from .memory import parse_bytes
-from .offload import Offloader
-from .planner import Plan, make_plan
-from .profile import ExampleInputs, training_step
-from .report import LayerReport, Report
-from .select import LayerSpec, Selection, ancestor_classes, annotate, select
+from .budget.measure import ExampleInputs, training_step
+from .budget.memory import parse_bytes
+from .budget.planner import Plan, make_plan
+from .core import hooks, policy
+from .core import patching as _patch
+from .core.offload import Offloader
+from .core.report import LayerReport, Report
+from .core.selection import Selection, ancestor_classes, select
+from .core.spec import LayerSpec
+from .core.torch_checkpoint import CheckpointOptions, make_options, non_reentrant_saves_inputs
+from .core.undo import UndoLog
+from .errors import UnsupportedOptionError, annotate
 
 # root model -> the Handle of the apply that patched it (weak: never keeps a model alive)
 _handles: weakref.WeakKeyDictionary[nn.Module, Handle] = weakref.WeakKeyDictionary()
@@ -30,7 +32,7 @@ _lock = threading.RLock()
 
 
 class Handle:
-    """What `apply` did to one model; `remove()` undoes exactly that."""
+    """What `apply` did to one model; `remove()` undoes exactly that (its undo log)."""
 
     def __init__(
         self,
@@ -38,18 +40,15 @@ class Handle:
         patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]],
         skipped: List[Tuple[str, nn.Module, str]],
         source: str,
-        switched_off: Optional[dict] = None,
-        marked_stacks: Optional[list] = None,
+        undo: UndoLog,
     ) -> None:
         self._model_ref = weakref.ref(model)
         self._model_name = type(model).__name__
-        self._patched = patched
+        # weakly: a Handle never keeps a model alive
+        self._patched = [(path, weakref.ref(module), wrapper) for path, module, wrapper in patched]
         self._skipped = [(path, type(module).__name__, why) for path, module, why in skipped]
         self.source = source
-        # transformers flags gcshim turned off where transformers' own branch is broken
-        self._switched_off = switched_off or {}
-        # stacks flagged with the layers (transformers 4.53-4.x): (module, what mark saved)
-        self._marked_stacks = marked_stacks or []
+        self._undo = undo
         # the budget plan that chose the layers (apply(budget=...)), else None
         self.plan: Optional[Plan] = None
 
@@ -57,11 +56,17 @@ class Handle:
     def model(self) -> Optional[nn.Module]:
         return self._model_ref()
 
+    def _live(self) -> Iterator[Tuple[str, nn.Module, _patch.CheckpointedForward]]:
+        """(path, layer, wrapper) for the layers this handle still has checkpointed."""
+        for path, ref, wrapper in self._patched:
+            module = ref()
+            if module is not None and _patch.patched_forward(module) is wrapper:
+                yield path, module, wrapper
+
     @property
     def layers(self) -> List[str]:
         """Paths of the layers this handle still has checkpointed."""
-        return [path for path, module, wrapper in self._patched
-                if _patch.patched_forward(module) is wrapper]
+        return [path for path, _module, _wrapper in self._live()]
 
     @property
     def active(self) -> bool:
@@ -71,25 +76,15 @@ class Handle:
         """Restore every layer this handle patched; harmless when called again. Raises
         PatchedOverError, removing nothing, where another tool has wrapped gcshim's forward."""
         with _lock:
-            for path, module, _wrapper in self._patched:
-                _patch.check_removable(module, path)
-            for _path, module, wrapper in reversed(self._patched):
-                _patch.unpatch(module, wrapper)
+            self._undo.check()
+            self._undo.undo()
             self._patched = []
-            hf_flags.switch_back(self._switched_off)
-            self._switched_off = {}
-            for stack, saved in reversed(self._marked_stacks):
-                hf_flags.unmark(stack, saved)
-            self._marked_stacks = []
             model = self.model
             if model is not None and _handles.get(model) is self:
                 del _handles[model]
 
     def report(self) -> Report:
-        rows = []
-        for path, module, wrapper in self._patched:
-            if _patch.patched_forward(module) is wrapper:
-                rows.append(_row(path, module, wrapper))
+        rows = [_row(path, module, wrapper) for path, module, wrapper in self._live()]
         rows += [LayerReport(path, cls, "skipped: " + why) for path, cls, why in self._skipped]
         return Report(self._model_name, rows, self.source)
 
@@ -270,47 +265,47 @@ def _offloader(offload: bool) -> Optional[Offloader]:
 
 def _apply_selection(model: nn.Module, selection: Selection, options: CheckpointOptions,
                      offload: bool) -> Handle:
-    """Patch the chosen layers (all or nothing) and set transformers' flags to match."""
+    """Patch the chosen layers and tell the frameworks, all or nothing: every change goes into
+    one undo log as it is made, and an error or interrupt anywhere replays it."""
     offloader = _offloader(offload)
     last_path = selection.chosen[-1][0] if selection.chosen else None
     patched: List[Tuple[str, nn.Module, _patch.CheckpointedForward]] = []
-    switched_off: Dict[nn.Module, Any] = {}
-    marked_stacks: List[Tuple[nn.Module, hf_flags.Saved]] = []
+    undo = UndoLog()
     current = ""
     try:
         for current, module in selection.chosen:
             adapter = find_adapter(module, ancestor_classes(model, current))
             # backward needs the last layer's inputs first: they stay on the device
             layer_offloader = offloader if current != last_path else None
-            wrapper = _patch.patch(module, adapter, options, model, layer_offloader, current)
+            wrapper = _patch.patch(module, adapter, options, model, undo, layer_offloader,
+                                   current)
             patched.append((current, module, wrapper))
         current = ""
-        hf_flags.switch_off(selection.switch_off, switched_off)
-        flagged = [path for path, _m, wrapper in patched
-                   if wrapper._self_gcshim_flags is not None
-                   and wrapper.gcshim_call.adapter.flag_stack]
-        for stack in hf_flags.stacks_to_mark(model, flagged):
-            marked_stacks.append((stack, hf_flags.mark(stack, options)))
+        for framework in hooks.frameworks():
+            framework.switch_off([m for f, m in selection.switch_off if f is framework], undo)
+            framework.on_applied(
+                model, [(path, module, wrapper.gcshim_call.adapter)
+                        for path, module, wrapper in patched], options, undo)
     except BaseException as error:  # KeyboardInterrupt too: all or nothing
-        for stack, saved in reversed(marked_stacks):
-            hf_flags.unmark(stack, saved)
-        hf_flags.switch_back(switched_off)
-        for _path, module, wrapper in reversed(patched):
-            _patch.unpatch(module, wrapper)
+        undo.undo()
         if isinstance(error, Exception):
             annotate(error, f"gcshim: could not patch {current!r}" if current else
-                     "gcshim: could not set transformers' checkpointing flags")
+                     "gcshim: could not set the frameworks' checkpointing flags")
         raise
     for path, _module, why in selection.skipped:
         logger.info("gcshim: %s left alone: %s", path, why)
-    handle = Handle(model, patched, selection.skipped, selection.source, switched_off,
-                    marked_stacks)
+    handle = Handle(model, patched, selection.skipped, selection.source, undo)
     _handles[model] = handle
     return handle
 
 
 def _handle_from_tree(model: nn.Module) -> Handle:
-    return Handle(model, list(_patch.iter_patched(model)), [], "found on the model")
+    """A Handle for patches found on a model (a kept deep copy's): its undo unpatches them."""
+    undo = UndoLog()
+    found = list(_patch.iter_patched(model))
+    for _path, module, _wrapper in found:
+        undo.record(_patch.unpatch, module)
+    return Handle(model, found, [], "found on the model", undo)
 
 
 def remove(model_or_handle: Union[nn.Module, Handle]) -> None:
@@ -320,14 +315,13 @@ def remove(model_or_handle: Union[nn.Module, Handle]) -> None:
         return
     model = _check_model(model_or_handle)
     with _lock:
-        handle = _handles.get(model)
-        for path, module in model.named_modules():
+        modules = list(model.named_modules())  # one walk serves the check and the removal
+        for path, module in modules:
             _patch.check_removable(module, path)
-        found = list(_patch.iter_patched(model))
+        handle = _handles.pop(model, None)
         if handle is not None:
             handle.remove()
-        _handles.pop(model, None)
-        for _path, module, _wrapper in found:
+        for _path, module in modules:  # patches no Handle recorded (a kept deep copy's)
             _patch.unpatch(module)
 
 

@@ -10,6 +10,14 @@ def add_context(error: BaseException, context: str) -> None:
         error.args = (f"{error.args[0]} [{context}]", *error.args[1:])
 
 
+def annotate(error: BaseException, context: str) -> None:
+    """Prefix an exception's message with where it happened, keeping its type and traceback."""
+    if error.args and isinstance(error.args[0], str):
+        error.args = (f"{context}: {error.args[0]}", *error.args[1:])
+    elif not error.args:
+        error.args = (context,)
+
+
 class GcshimWarning(UserWarning):
     """A behaviour change gcshim made on the user's behalf (e.g. a cache it disabled)."""
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import gcshim
-from gcshim.checkpoint import _OPTION_RULES, supported_options
-from gcshim.settings import Settings
+from gcshim.core.torch_checkpoint import _OPTION_RULES, supported_options
+from gcshim.entry.settings import Settings
 
 
 class Block(nn.Module):

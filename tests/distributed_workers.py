@@ -82,7 +82,7 @@ def ddp(rank, world, port, out):
         gcshim.apply(net, use_reentrant=reentrant)
         wrapped = nn.parallel.DistributedDataParallel(
             net, find_unused_parameters=find_unused, static_graph=static)
-        # the first step checks each layer, non-reentrant (gcshim.side_channels); the second
+        # the first step checks each layer, non-reentrant (gcshim.core.side_channels); the second
         # runs in the mode asked
         wrapped(_shard(batch(), rank)).pow(2).sum().backward()
         net.zero_grad()
@@ -147,7 +147,7 @@ def fsdp2(rank, world, port, out):
 
 def ddp_without_fallback(rank, world, port, out):
     """Reentrant under DDP(find_unused_parameters=True) with gcshim's fallback switched off."""
-    from gcshim import runtime
+    from gcshim.core import call as runtime
 
     runtime._ddp_breaks_reentrant = lambda: False
     _start(rank, world, port)

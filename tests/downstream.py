@@ -25,7 +25,7 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.models.llama import modeling_llama
 
 import gcshim
-from gcshim.memory import peak_bytes
+from gcshim.budget.memory import peak_bytes
 
 WIDTH, LAYERS, BATCH, SEQ, VOCAB = 32, 3, 2, 24, 61
 
@@ -473,7 +473,7 @@ def _enter(model: nn.Module, entry: str) -> None:
 
 def _auto_is_on() -> bool:
     auto = sys.modules.get("gcshim.auto")
-    return auto is not None and getattr(auto, "_activation", None) is not None
+    return auto is not None and auto.is_active()
 
 
 def _auto_on() -> bool:

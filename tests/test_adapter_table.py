@@ -1,9 +1,11 @@
 """The built-in adapter table as data: well-formed, one file per family, no version gaps."""
 
 import pytest
+from packaging.version import Version
 from torch import nn
 
-from gcshim.adapters import base, registry
+from gcshim.adapters import GENERIC, Adapter, registry, versions
+from gcshim.core.caches import returns_cache
 
 RELEASES = ["4.44.2", "4.52.4", "4.55.4", "4.57.6", "5.0.0", "5.24.0"]
 
@@ -25,7 +27,7 @@ def test_rows_have_unique_names_and_known_choices():
 
 @pytest.mark.parametrize("version", RELEASES)
 def test_every_version_gated_class_has_a_row_on_every_release(version, monkeypatch):
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version(version))
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version(version))
     gated = {(name, row.module_prefix) for row in registry._BUILTIN if row.versions
              for name in row.classes}
     for name, prefix in sorted(gated):
@@ -36,24 +38,24 @@ def test_every_version_gated_class_has_a_row_on_every_release(version, monkeypat
 
 @pytest.mark.parametrize("version, slot", [("4.44.2", 1), ("5.0.0", "auto")])
 def test_t5_rows_follow_the_release(version, slot, monkeypatch):
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version(version))
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version(version))
     layer = _fake_layer("T5Block", "transformers.models.t5.modeling_t5")()
     assert registry.find_adapter(layer).cache_slot == slot
 
 
 def test_transformers_5_layers_never_get_a_cache_slot_back(monkeypatch):
     layer_type = _fake_layer("GPT2Block", "transformers.models.gpt2.modeling_gpt2")
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("5.0.0"))
-    assert not base.returns_cache(layer_type)
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("4.44.2"))
-    assert base.returns_cache(layer_type)
-    assert base.returns_cache(_fake_layer("Block", "mymodels"))
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version("5.0.0"))
+    assert not returns_cache(layer_type)
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version("4.44.2"))
+    assert returns_cache(layer_type)
+    assert returns_cache(_fake_layer("Block", "mymodels"))
 
 
 def test_within_rows_need_the_ancestor():
     row = next(r for r in registry._BUILTIN if r.within)
     layer = _fake_layer("AnyLayer", "anything")()
-    assert registry.find_adapter(layer) is base.GENERIC
+    assert registry.find_adapter(layer) is GENERIC
     assert registry.find_adapter(layer, ancestors=row.within) is row
     assert not registry.has_specific_adapter(layer)  # never used for auto discovery
 
@@ -63,9 +65,9 @@ def test_within_rows_need_the_ancestor():
 ])
 def test_bad_choices_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
-        base.Adapter(name="bad", classes=("X",), **{field: value})
+        Adapter(name="bad", classes=("X",), **{field: value})
 
 
 def test_predicate_must_be_callable():
     with pytest.raises(TypeError, match="predicate"):
-        base.Adapter(name="bad", predicate="Block")
+        Adapter(name="bad", predicate="Block")

@@ -6,7 +6,9 @@ from models import WIDTH
 from torch import nn
 
 import gcshim
-from gcshim.adapters import GENERIC, Signature, find_adapter
+from gcshim.adapters import GENERIC, find_adapter
+from gcshim.core import caches
+from gcshim.core.signature import Signature
 
 
 class Blk(nn.Module):
@@ -115,8 +117,8 @@ def test_signature_positions_and_defaults():
 
 
 def test_cache_slot_last_replaces_a_fixed_arity_output():
-    from gcshim.adapters.base import CacheEdit
+    from gcshim.core.caches import CacheEdit
 
     row = gcshim.Adapter(name="fixed", classes=("Fixed",), cache_slot="last")
     edit = CacheEdit(("use_cache=False",), True, "past_key_values", "CACHE", lambda name: None)
-    assert row.restore_output(("h", "attn", None), edit) == ("h", "attn", "CACHE")
+    assert caches.restore_output(row, ("h", "attn", None), edit) == ("h", "attn", "CACHE")

@@ -11,7 +11,7 @@ from models import CountsCalls
 from torch import nn
 
 import gcshim
-from gcshim.settings import Settings
+from gcshim.entry.settings import Settings
 
 SCRIPT = Path(__file__).parent / "scripts" / "legacy_train.py"
 ROOT = Path(__file__).parents[1]
@@ -131,11 +131,11 @@ def test_deactivate_restores_everything(auto):
 # -- whole scripts, in their own processes ---------------------------------------------------
 MEASURE = """
 import runpy, sys, torch
-from gcshim.memory import LiveTensorTracker
+from gcshim.budget.memory import LiveTensorTracker
 how, script, *args = sys.argv[1:]
 with LiveTensorTracker() as tracker:
     if how == "run":
-        from gcshim.cli import main
+        from gcshim.entry.cli import main
         code = main(["run", script, *args])
     else:
         sys.argv = [script, *args]

@@ -8,9 +8,9 @@ from models import Mlp
 from torch import nn
 
 import gcshim
-from gcshim.memory import peak_bytes
-from gcshim.planner import estimate_peak, recompute_order
-from gcshim.profile import LayerCost
+from gcshim.budget.measure import LayerCost
+from gcshim.budget.memory import peak_bytes
+from gcshim.budget.planner import estimate_peak, recompute_order
 
 
 def _model(layers=8):

@@ -13,7 +13,7 @@ from packaging.version import Version
 from torch import nn
 
 import gcshim
-from gcshim.memory import peak_bytes
+from gcshim.budget.memory import peak_bytes
 
 dynamo = pytest.importorskip("torch._dynamo")
 pytestmark = pytest.mark.skipif(
@@ -125,7 +125,7 @@ def test_compiled_transformers_model_has_no_graph_break_from_gcshim():
 @pytest.mark.skipif(TORCH < (2, 12), reason="dynamo before torch 2.12 traces wrapt's C-level call")
 def test_without_a_python_call_the_wrapper_would_break_the_graph(monkeypatch):
     """Why CheckpointedForward spells out __call__: wrapt's C-level call is opaque to dynamo."""
-    from gcshim.patch import CheckpointedForward
+    from gcshim.core.patching import CheckpointedForward
 
     monkeypatch.delattr(CheckpointedForward, "__call__")
     torch.manual_seed(0)

@@ -14,7 +14,8 @@ from torch import nn
 
 import gcshim
 from gcshim import _log, api
-from gcshim.adapters import base, registry
+from gcshim.adapters import registry
+from gcshim.core import signature
 
 CYCLES = int(os.environ.get("GCSHIM_STRESS_CYCLES", "1000"))
 THREADS = 8
@@ -86,7 +87,7 @@ def test_threads_apply_and_remove_on_models_of_the_same_classes():
 
 
 def _sizes():
-    return (len(api._handles), len(_log._seen), base._method_signature.cache_info().currsize,
+    return (len(api._handles), len(_log._seen), signature._method_signature.cache_info().currsize,
             sum(len(v) for v in registry._covering.values()), len(registry._covering))
 
 
@@ -113,7 +114,7 @@ def test_many_apply_remove_cycles_leave_nothing_behind():
     assert grown < 64 * 1024, f"{grown} bytes more after {CYCLES} cycles"
     assert {path: dict(vars(m)) for path, m in model.named_modules()} == before
     assert {cls: dict(vars(cls)) for cls in (Block, Net)} == classes
-    assert not [o for o in gc.get_objects() if type(o) is gcshim.patch.CheckpointedForward]
+    assert not [o for o in gc.get_objects() if type(o) is gcshim.core.patching.CheckpointedForward]
 
 
 def test_models_dropped_while_applied_are_collected():

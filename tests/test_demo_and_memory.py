@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import gcshim
-from gcshim.demo import DemoConfig, run_demo
-from gcshim.memory import LiveTensorTracker, peak_bytes
+from gcshim.budget.memory import LiveTensorTracker, peak_bytes
+from gcshim.entry.demo import DemoConfig, run_demo
 
 SMALL = DemoConfig(vocab_size=64, hidden_size=32, num_heads=2, num_layers=4, seq_len=32,
                    batch_size=4)

@@ -11,8 +11,10 @@ from test_restore import _snapshot
 from torch import nn
 
 import gcshim
-from gcshim import api, hf_flags
-from gcshim import patch as patch_module
+from gcshim import api
+from gcshim.core import patching as patch_module
+from gcshim.integrations.transformers import flags as hf_flags
+from gcshim.integrations.transformers.answers import TRANSFORMERS
 
 MODES = [False, True]
 
@@ -101,7 +103,7 @@ STEPS = [
     (patch_module, "patch", 3),
     (hf_flags, "mark", 2),  # a layer's flags, inside patch()
     (patch_module, "CheckpointedForward", 2),  # after that layer's flags were set
-    (hf_flags, "switch_off", 1),
+    (TRANSFORMERS, "switch_off", 1),  # transformers' flags gcshim takes over, if any
     (hf_flags, "stacks_to_mark", 1),
     (hf_flags, "mark", 4),  # the layer stack's own flag (4.x releases), after every layer's
 ]

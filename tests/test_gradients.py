@@ -233,7 +233,7 @@ def test_tensors_inside_dataclass_and_dict_outputs_keep_gradients(reentrant):
 
 def test_transformers_model_output_round_trips():
     transformers = pytest.importorskip("transformers")
-    from gcshim import tree
+    from gcshim.core import tree
 
     output = transformers.modeling_outputs.BaseModelOutput(
         last_hidden_state=torch.ones(2), hidden_states=(torch.zeros(1),)

@@ -8,7 +8,7 @@ import torch
 from packaging.version import Version
 
 import gcshim
-from gcshim import hf_flags
+from gcshim.integrations.transformers import flags as hf_flags
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,7 +86,7 @@ def test_transformers_enabled_after_apply_takes_over_without_nesting(checkpoint_
 
 
 def test_pass_through_pickles_as_torch_checkpoint():
-    options = gcshim.checkpoint.make_options(use_reentrant=True)
+    options = gcshim.core.torch_checkpoint.make_options(use_reentrant=True)
     restored = pickle.loads(pickle.dumps(hf_flags.PassThrough(options)))
     assert restored.func is torch.utils.checkpoint.checkpoint
     assert restored.keywords["use_reentrant"] is True
@@ -102,7 +102,9 @@ def test_plain_torch_models_get_no_transformers_flags():
 def test_stacks_are_flagged_too_where_transformers_layers_drop_use_cache(monkeypatch):
     """4.53-4.x: the layer's own __call__ turns use_cache off before gcshim sees it, so the
     stack must know too (it would index the missing cache slot)."""
-    from gcshim.adapters import base
+    from packaging.version import Version
+
+    from gcshim.adapters import versions
 
     class Layer(torch.nn.Module):
         gradient_checkpointing = False  # as transformers' GradientCheckpointingLayer
@@ -125,7 +127,7 @@ def test_stacks_are_flagged_too_where_transformers_layers_drop_use_cache(monkeyp
                 x = layer(x)
             return x
 
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("4.57.6"))
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version("4.57.6"))
     model = Stack()
     before = dict(vars(model))
     handle = gcshim.apply(model, layers=Layer)
@@ -133,6 +135,6 @@ def test_stacks_are_flagged_too_where_transformers_layers_drop_use_cache(monkeyp
     assert isinstance(model._gradient_checkpointing_func, hf_flags.PassThrough)
     handle.remove()
     assert vars(model).keys() == before.keys() and model.gradient_checkpointing is False
-    monkeypatch.setattr(base, "installed_version", lambda package: base.Version("5.24.0"))
+    monkeypatch.setattr(versions, "installed_version", lambda package: Version("5.24.0"))
     gcshim.apply(model, layers=Layer)
     assert model.gradient_checkpointing is False  # 5.x layers return no cache

@@ -5,7 +5,7 @@ import json
 import pytest
 from torch import nn
 
-from gcshim.cli import main
+from gcshim.entry.cli import main
 
 
 class Net(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gcshim
-from gcshim.settings import Settings
+from gcshim.entry.settings import Settings
 
 transformers = pytest.importorskip("transformers")
 
@@ -67,7 +67,8 @@ def test_enable_on_a_model_whose_own_checkpointing_works_leaves_it_to_transforme
     # transformers' own function sits on the layers (4.53+) or on the stack (before)
     funcs = [m.__dict__["_gradient_checkpointing_func"] for m in model.modules()
              if "_gradient_checkpointing_func" in m.__dict__]
-    assert funcs and not any(isinstance(f, gcshim.hf_flags.PassThrough) for f in funcs)
+    pass_through = gcshim.integrations.transformers.flags.PassThrough
+    assert funcs and not any(isinstance(f, pass_through) for f in funcs)
 
 
 def test_gcshim_layers_setting_replaces_transformers_own(auto):
@@ -76,7 +77,7 @@ def test_gcshim_layers_setting_replaces_transformers_own(auto):
     _enable(model)
     assert len(gcshim.report(model).checkpointed) == 3
     assert isinstance(model.model.layers[0]._gradient_checkpointing_func,
-                      gcshim.hf_flags.PassThrough)
+                      gcshim.integrations.transformers.flags.PassThrough)
 
 
 def test_methods_are_restored_on_deactivate(auto):

@@ -11,8 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gcshim
 from gcshim import api
-from gcshim.checkpoint import non_reentrant_saves_inputs
-from gcshim.offload import Offloader, _OnHost
+from gcshim.core.offload import Offloader, _OnHost
+from gcshim.core.torch_checkpoint import non_reentrant_saves_inputs
 
 MODES = [False, True]
 # offload on torch 2.0 takes reentrant checkpointing (the test below shows the refusal)
@@ -111,7 +111,7 @@ def test_offload_without_cuda_is_a_noop_with_one_notice(gcshim_log):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("reentrant", MODES)
 def test_offload_on_cuda_keeps_gradients_and_lowers_the_peak(reentrant):
-    from gcshim.memory import peak_bytes
+    from gcshim.budget.memory import peak_bytes
 
     if not reentrant and not non_reentrant_saves_inputs():
         pytest.skip(f"torch {torch.__version__}: offload needs use_reentrant=True here")

@@ -5,7 +5,7 @@ import torch
 from models import RopeLikeModel
 
 import gcshim
-from gcshim import checkpoint as ckpt
+from gcshim.core import torch_checkpoint as ckpt
 
 
 @pytest.mark.parametrize("name", ["use_reentrant", "preserve_rng_state"])

@@ -6,7 +6,7 @@ from models import CountsCalls
 from torch import nn
 
 import gcshim
-from gcshim.memory import format_bytes, parse_bytes
+from gcshim.budget.memory import format_bytes, parse_bytes
 
 
 class Block(CountsCalls, nn.Module):

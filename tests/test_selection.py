@@ -133,7 +133,8 @@ def test_no_split_modules_are_used_before_repeated_blocks():
             super().__init__()
             self.blocks = nn.ModuleList(Outer() for _ in range(2))
 
-    handle = gcshim.apply(Stack())
+    model = Stack()  # a Handle does not keep its model alive
+    handle = gcshim.apply(model)
     assert handle.layers == ["blocks.0.inner", "blocks.1.inner"]
     assert handle.source == "auto: transformers _no_split_modules"
 

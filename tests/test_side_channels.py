@@ -176,7 +176,7 @@ def test_reentrant_side_channel_falls_back_with_one_warning(kind, where):
 def test_without_the_check_reentrant_would_be_wrong(kind, monkeypatch):
     """The fallback is what makes these exact: with the probe's verdict forced to 'clean',
     reentrant checkpointing gives other gradients or fails (so the tests above can fail)."""
-    from gcshim import side_channels
+    from gcshim.core import side_channels
 
     monkeypatch.setattr(side_channels.Probe, "findings", lambda self: [])
     torch.manual_seed(0)
@@ -210,7 +210,7 @@ def test_in_place_state_is_replayed_for_the_recompute(reentrant):
 
 
 def test_in_place_state_would_be_wrong_without_the_replay(monkeypatch):
-    from gcshim import side_channels
+    from gcshim.core import side_channels
 
     monkeypatch.setattr(side_channels.Probe, "replay", lambda self: None)
     torch.manual_seed(0)

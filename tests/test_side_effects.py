@@ -72,7 +72,7 @@ def test_buffers_updated_or_reassigned_in_forward_change_once(reentrant):
 
 def test_without_the_guard_the_recompute_would_update_twice(monkeypatch):
     """The guard is what keeps the stats right: switched off, they come out different."""
-    from gcshim import side_effects
+    from gcshim.core import side_effects
 
     monkeypatch.setattr(side_effects, "changed_buffers", lambda watched: [])
     model = nn.Sequential(ConvBlock(), ConvBlock())

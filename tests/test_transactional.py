@@ -34,7 +34,7 @@ def test_failure_while_patching_undoes_earlier_patches():
 
 
 def test_keyboard_interrupt_during_patching(monkeypatch):
-    from gcshim import patch as patch_module
+    from gcshim.core import patching as patch_module
 
     model = RopeLikeModel()
     before = _snapshot(model)

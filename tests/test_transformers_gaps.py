@@ -94,7 +94,9 @@ def test_mllama_vision_encoder_transformers_flag_is_a_no_op_gcshim_is_not():
 
 
 def test_gpt_bigcode_row_is_a_no_op_on_4_55_to_4_57(monkeypatch):
-    from gcshim.adapters import base
+    from packaging.version import Version
+
+    from gcshim.adapters import versions
 
     class GPTBigCodeBlock(torch.nn.Module):
         pass
@@ -102,8 +104,8 @@ def test_gpt_bigcode_row_is_a_no_op_on_4_55_to_4_57(monkeypatch):
     GPTBigCodeBlock.__module__ = "transformers.models.gpt_bigcode.modeling_gpt_bigcode"
     verdicts = {}
     for version in ("4.44.2", "4.57.6", "5.0.0"):
-        monkeypatch.setattr(base, "installed_version",
-                            lambda package, v=version: base.Version(v))
+        monkeypatch.setattr(versions, "installed_version",
+                            lambda package, v=version: Version(v))
         verdicts[version] = find_adapter(GPTBigCodeBlock()).transformers_checkpointing
     assert verdicts == {"4.44.2": "works", "4.57.6": "no-op", "5.0.0": "works"}
 
@@ -183,5 +185,6 @@ def test_transformers_layers_inside_a_no_split_block_are_the_finer_choice():
         def forward(self, x):
             return self.encoder(x)
 
-    handle = gcshim.apply(Model())
+    model = Model()  # a Handle does not keep its model alive
+    handle = gcshim.apply(model)
     assert handle.layers == ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2"]

@@ -451,7 +451,7 @@ def test_without_the_row_the_state_is_found_and_replayed(reentrant):
 
 
 def test_without_any_replay_the_recompute_sees_the_updated_state(monkeypatch):
-    from gcshim import side_channels
+    from gcshim.core import side_channels
 
     monkeypatch.setattr(side_channels.Probe, "replay", lambda self: None)
     model = StatefulModel()

@@ -17,8 +17,8 @@ from models import CountsCalls, assert_same_grads, grads_of
 from torch import nn
 
 import gcshim
-from gcshim.cli import _parser, _run_parser, main, split_run_arguments
-from gcshim.settings import Settings
+from gcshim.entry.cli import _parser, _run_parser, main, split_run_arguments
+from gcshim.entry.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = Path(__file__).parent / "scripts" / "legacy_train.py"
@@ -222,8 +222,8 @@ def test_report_says_transformers_checkpoints_after_it_takes_over():
     # transformers 5.24's name, the older one before
     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     assert {row.status for row in gcshim.report(model).rows} == {
-        "handed to transformers' own checkpointing"}
-    assert "handed to transformers' own checkpointing" in str(gcshim.report(model))
+        "handed to transformers' own gradient checkpointing"}
+    assert "handed to transformers' own gradient checkpointing" in str(gcshim.report(model))
 
 
 # -- selecting layers ------------------------------------------------------------------------------

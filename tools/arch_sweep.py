@@ -43,7 +43,7 @@ import tester_models  # noqa: E402
 import tiny_models  # noqa: E402
 
 import gcshim  # noqa: E402
-from gcshim.memory import peak_bytes  # noqa: E402
+from gcshim.budget.memory import peak_bytes  # noqa: E402
 
 # the loss of one step: tiny_models' for its models; tester_models' weighted one for testers'
 _LOSS = [tiny_models.loss_of]

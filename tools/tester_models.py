@@ -99,7 +99,7 @@ def cases(model_dir: str) -> Iterator[Tuple[str, Any, Any, Dict[str, Any]]]:
 def weighted_loss(output: Any) -> torch.Tensor:
     """Every floating output that needs a gradient, each through a fixed random weight: a
     plain sum can hide a wrong gradient (behind a final LayerNorm, the sum's gradient is 0)."""
-    from gcshim import tree
+    from gcshim.core import tree
 
     if isinstance(output, dict):  # ModelOutput
         output = {key: value for key, value in output.items() if key not in CACHE_OUTPUTS}

@@ -281,7 +281,7 @@ def loss_of(output: Any) -> torch.Tensor:
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
         return loss
-    from gcshim import tree
+    from gcshim.core import tree
 
     if isinstance(output, dict):  # ModelOutput
         output = {key: value for key, value in output.items() if key not in CACHE_OUTPUTS}

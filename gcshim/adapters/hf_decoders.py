@@ -5,7 +5,7 @@ return a tuple (h, [attn], [Cache]); from 4.55 a Tensor. ``layer_past`` families
 cache at index 1 while ``use_cache`` is on. transformers is never imported: rows hold names.
 """
 
-from .base import transformers_row
+from .hf_common import transformers_row
 
 # Layers that take `past_key_value(s)`/`cache` and append the cache to a tuple output (<4.55).
 LLAMA_STYLE = (

@@ -5,7 +5,7 @@ tuple output (4.4x), which the generic rules already do; the rows make auto disc
 record where transformers' own checkpointing is missing.
 """
 
-from .base import transformers_row
+from .hf_common import transformers_row
 
 ROWS = [
     transformers_row(

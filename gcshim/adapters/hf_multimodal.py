@@ -1,7 +1,8 @@
 """Rows for hybrid and multimodal transformers models: shared layers, cross-attention, caches
 the model itself needs inside the training forward."""
 
-from .base import Adapter, transformers_row
+from .hf_common import transformers_row
+from .row import Adapter
 
 
 def _any_layer(cls: type) -> bool:

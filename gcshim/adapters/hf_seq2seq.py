@@ -1,6 +1,6 @@
 """Rows for transformers' encoder-decoder models (T5 family, BART family, Whisper, ...)."""
 
-from .base import transformers_row
+from .hf_common import transformers_row
 
 T5_STYLE = ("T5Block", "MT5Block", "LongT5Block", "SwitchTransformersBlock")
 

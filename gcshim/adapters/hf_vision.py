@@ -1,6 +1,6 @@
 """Rows for transformers' vision encoders, incl. those its own checkpointing misses."""
 
-from .base import transformers_row
+from .hf_common import transformers_row
 
 ROWS = [
     transformers_row(

@@ -17,8 +17,9 @@ from . import (
     timm,
     torch_nn,
     torchvision,
+    versions,
 )
-from .base import GENERIC, Adapter
+from .row import GENERIC, Adapter
 
 # One module per family; within a family, the narrower (version-gated) rows come first.
 _BUILTIN: List[Adapter] = [
@@ -37,6 +38,32 @@ _lock = threading.Lock()
 # change only on (un)register (the version gate is checked on each lookup)
 _covering: weakref.WeakKeyDictionary[type, Dict[Tuple[str, ...], List[Adapter]]] = (
     weakref.WeakKeyDictionary())
+
+
+def holds_for_installed_version(row: Adapter) -> bool:
+    """Whether the row's version gate admits the installed package."""
+    if row.package is None:
+        return True
+    version = versions.installed_version(row.package)
+    return version is not None and row._specifier.contains(version, prereleases=True)
+
+
+def covers(row: Adapter, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
+    """Whether the row names `cls` (or a base class of it), whatever is installed.
+
+    ancestors: class names of the modules the layer sits in (for `within` rows).
+    """
+    if row.is_generic:
+        return True
+    if row.within and not set(row.within).intersection(ancestors):
+        return False
+    if row.predicate is not None:
+        return bool(row.predicate(cls))
+    return any(
+        klass.__name__ in row.classes
+        and (row.module_prefix is None or klass.__module__.startswith(row.module_prefix))
+        for klass in cls.__mro__
+    )
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
@@ -74,10 +101,10 @@ def find_adapter(module: nn.Module, ancestors: Tuple[str, ...] = ()) -> Adapter:
     with _lock:
         rows = _covering.get(cls, {}).get(ancestors)
     if rows is None:
-        rows = [row for row in adapter_rows() if row.covers(cls, ancestors)]
+        rows = [row for row in adapter_rows() if covers(row, cls, ancestors)]
         with _lock:
             _covering.setdefault(cls, {})[ancestors] = rows
-    return next((row for row in rows if row.holds_for_installed_version()), GENERIC)
+    return next((row for row in rows if holds_for_installed_version(row)), GENERIC)
 
 
 def has_specific_adapter(module: nn.Module) -> bool:

@@ -1,6 +1,6 @@
 """Rows for timm blocks (timm is never imported here)."""
 
-from .base import Adapter
+from .row import Adapter
 
 ROWS = [
     Adapter(

@@ -1,6 +1,6 @@
 """Rows for torch.nn's own transformer layers."""
 
-from .base import Adapter
+from .row import Adapter
 
 ROWS = [
     Adapter(

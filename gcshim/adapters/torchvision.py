@@ -1,6 +1,6 @@
 """Rows for torchvision model blocks (torchvision is never imported here)."""
 
-from .base import Adapter
+from .row import Adapter
 
 ROWS = [
     Adapter(

@@ -16,7 +16,7 @@ except ImportError:  # the older package name
 from torch import nn
 
 from .. import api
-from ..select import LayerSpec, compile_spec
+from ..core.spec import LayerSpec, compile_spec
 
 
 class GradientCheckpointing(Callback):

@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from .. import api
-from .._log import logger, notice_once
-from ..autoapply import apply_from_settings
-from ..settings import Settings
+from ... import api
+from ..._log import logger, notice_once
+from ...entry.first_forward import apply_from_settings
+from ...entry.settings import Settings
 
 ENABLE = ("gradient_checkpointing_enable", "activation_checkpointing_enable")
 DISABLE = ("gradient_checkpointing_disable", "activation_checkpointing_disable")

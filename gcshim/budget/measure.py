@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Set, Tuple, Un
 import torch
 from torch import nn
 
-from . import tree
+from ..core import tree
 from .memory import peak_bytes
 
 ExampleInputs = Union[Tuple[Any, ...], Dict[str, Any], torch.Tensor, Callable[[], Any]]

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Tuple
 import torch
 import torch.utils.checkpoint as _torch_checkpoint
 
-from .errors import UnsupportedOptionError
+from ..errors import UnsupportedOptionError
 
 ContextFn = Callable[[], Tuple[Any, Any]]
 

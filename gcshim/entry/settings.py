@@ -25,8 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional
 
-from .errors import GcshimConfigError
-from .memory import parse_bytes
+from ..budget.memory import parse_bytes
+from ..errors import GcshimConfigError
 
 VARIABLES = ("GCSHIM_LAYERS", "GCSHIM_REENTRANT", "GCSHIM_EVERY", "GCSHIM_BUDGET",
              "GCSHIM_OFFLOAD", "GCSHIM_DISABLE", "GCSHIM_LOG", "GCSHIM_QUIET")
@@ -53,7 +53,7 @@ def _positive_int(name: str, text: str) -> int:
 
 def _layers(name: str, text: str) -> str:
     """The value as given (apply() reads it with the same grammar), once it parses."""
-    from .select import parse_layer_string
+    from ..core.spec import parse_layer_string
 
     try:
         parse_layer_string(text)

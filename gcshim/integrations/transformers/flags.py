@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
-from . import plain_copy
-from ._attrs import deepcopy_taken, put_back, take
-from .checkpoint import CheckpointOptions
+from ...core import plain_copy
+from ...core.attrs import ABSENT, deepcopy_taken, put_back, take
+from ...core.torch_checkpoint import CheckpointOptions
 
 FLAG = "gradient_checkpointing"
 FUNC = "_gradient_checkpointing_func"
@@ -104,7 +104,7 @@ def unmark(layer: nn.Module, saved: Saved) -> None:
     if isinstance(layer.__dict__.get(FUNC), PassThrough):
         for name, value in saved:
             put_back(layer, name, value)
-    plain_copy.drop_if_plain(layer)
+    plain_copy.forget(layer)
 
 
 def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
@@ -116,9 +116,9 @@ def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
     """
     from packaging.version import Version
 
-    from .adapters.base import installed_version
+    from ...adapters import versions
 
-    version = installed_version("transformers")
+    version = versions.installed_version("transformers")
     if version is None or not Version("4.53") <= version < Version("5"):
         return []
     stacks: List[nn.Module] = []
@@ -134,20 +134,32 @@ def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
     return stacks
 
 
-def switch_off(modules: List[nn.Module], saved: Dict[nn.Module, Any]) -> None:
-    """Turn transformers' own flag off on `modules` (where it is broken), recording the undo in
-    `saved` as it goes (so an interruption half-way can still be undone)."""
-    for module in modules:
-        saved[module] = take(module, FLAG)
-        plain_copy.hook_of(module).flag_before = saved[module]
-        module.__dict__[FLAG] = False
+def is_marked(module: nn.Module) -> bool:
+    """Whether gcshim has flagged this module (its checkpoint function is a PassThrough)."""
+    return isinstance(module.__dict__.get(FUNC), PassThrough)
 
 
-def switch_back(saved: Dict[nn.Module, Any]) -> None:
-    for module, value in saved.items():
-        if module.__dict__.get(FLAG) is False:  # else changed since: transformers' choice stays
-            put_back(module, FLAG, value)
-        hook = module.__dict__.get(plain_copy.HOOK)
-        if isinstance(hook, plain_copy.PlainState):
-            hook.flag_before = plain_copy.NOT_SWITCHED
-        plain_copy.drop_if_plain(module)
+def switch_off(module: nn.Module) -> Any:
+    """Turn transformers' own flag off on `module` (where its branch is broken); returns what
+    `switch_back` needs. A copy of the module gets the flag as it was."""
+    saved = take(module, FLAG)
+    plain_copy.remember(module, FLAG, saved, False)
+    module.__dict__[FLAG] = False
+    return saved
+
+
+def switch_back(module: nn.Module, saved: Any) -> None:
+    if module.__dict__.get(FLAG) is False:  # else changed since: transformers' choice stays
+        put_back(module, FLAG, saved)
+    plain_copy.forget(module, FLAG)
+
+
+def plain_state(state: Dict[str, Any]) -> None:
+    """A module's pickled or copied state with gcshim's marks undone."""
+    passthrough = state.get(FUNC)
+    if isinstance(passthrough, PassThrough) and passthrough.saved is not None:
+        for name, value in passthrough.saved:
+            if value is ABSENT:
+                state.pop(name, None)
+            else:
+                state[name] = value

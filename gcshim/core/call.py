@@ -10,20 +10,19 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import side_channels, side_effects, tree
-from ._log import notice_once, warn_once
-from .adapters import Adapter, Signature
-from .adapters.base import holds_content, is_legacy_cache, returns_cache
-from .checkpoint import (
+from .._log import notice_once, warn_once
+from ..adapters import Adapter
+from ..errors import SideChannelError, add_context
+from . import caches, hooks, side_channels, side_effects, tree
+from .offload import Offloader
+from .signature import Signature
+from .torch_checkpoint import (
     CheckpointOptions,
     checkpoint,
     inside_other_checkpoint,
     is_compiling,
     non_reentrant_saves_inputs,
 )
-from .errors import SideChannelError, add_context
-from .hf_flags import defined_in_transformers, transformers_checkpoints
-from .offload import Offloader
 
 
 def skip_reason(module: nn.Module, adapter: Adapter) -> Optional[str]:
@@ -38,22 +37,22 @@ def skip_reason(module: nn.Module, adapter: Adapter) -> Optional[str]:
         return "eval"
     if not torch.is_grad_enabled():
         return "no-grad"
-    # transformers' own checkpointing switched on after apply(): let it do the work, once,
-    # unless the adapter table knows it does nothing (or breaks) for this layer.
-    if hands_to_transformers(module, adapter):
-        return "transformers"
+    # a framework's own checkpointing switched on after apply(): let it do the work, once
+    if handing_to(module, adapter) is not None:
+        return "framework"
     return None
 
 
-def hands_to_transformers(module: nn.Module, adapter: Adapter) -> bool:
-    return adapter.transformers_checkpointing == "works" and transformers_checkpoints(module)
+def handing_to(module: nn.Module, adapter: Adapter) -> Optional[hooks.Framework]:
+    """The framework whose own checkpointing does this layer's calls now, if any."""
+    return next((framework for framework in hooks.frameworks()
+                 if framework.handles_call(module, adapter)), None)
 
 
 # what the report says of a layer whose last call was not checkpointed, and why
 SKIPPED = {
     "eval": "skipped: eval mode",
     "no-grad": "skipped: grad disabled",
-    "transformers": "handed to transformers' own checkpointing",
     "frozen": "skipped: nothing in it needs a gradient",
     "nested": "skipped: runs inside the model's own checkpoint",
     "cache": "skipped: fills a cache its model reads later",
@@ -61,9 +60,11 @@ SKIPPED = {
 
 
 def cache_policy(module: nn.Module, adapter: Adapter) -> str:
-    # transformers >= 5.15 marks layers that only read the cache (the replay reads the same).
-    if getattr(type(module), "_can_checkpoint_with_cache", False) is True:
-        return "keep"
+    """The adapter row's, unless the layer's class declares one to its framework."""
+    for framework in hooks.frameworks():
+        declared = framework.cache_policy(module)
+        if declared is not None:
+            return declared
     return adapter.cache_policy
 
 
@@ -94,7 +95,8 @@ class CheckpointedCall:
                  "last_skip")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
-                 offloader: Optional[Offloader] = None, path: str = ""):
+                 offloader: Optional[Offloader] = None, path: str = "",
+                 layer: Optional[nn.Module] = None):
         self.path = path  # the layer's path in the model, for error messages
         self.adapter = adapter
         self.options = options
@@ -116,8 +118,9 @@ class CheckpointedCall:
 
     def status(self, module: nn.Module) -> str:
         """What happened at the layer's last call, for the report."""
-        if hands_to_transformers(module, self.adapter):  # known now, called or not
-            return SKIPPED["transformers"]
+        framework = handing_to(module, self.adapter)  # known now, called or not
+        if framework is not None:
+            return f"handed to {framework.own_checkpointing}"
         return SKIPPED[self.last_skip] if self.last_skip is not None else "checkpointed"
 
     def where(self, module: nn.Module) -> str:
@@ -129,9 +132,10 @@ class CheckpointedCall:
         """A layer outside transformers with no row of its own (a copy of an old transformers
         block): where its caches are legacy tuples (or None), nothing needs neutralising, and
         leaving `use_cache` alone keeps the output layout the layer's own stack indexes."""
-        if not self.adapter.is_generic or defined_in_transformers(type(module)):
+        if not self.adapter.is_generic or any(framework.owns(type(module))
+                                              for framework in hooks.frameworks()):
             return False
-        return all(is_legacy_cache(self.signature.locate(name, args, kwargs)[1])
+        return all(caches.is_legacy_cache(self.signature.locate(name, args, kwargs)[1])
                    for name in self.adapter.cache_args)
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
@@ -151,7 +155,8 @@ class CheckpointedCall:
         policy = cache_policy(instance, self.adapter)
         if policy == "keep":
             return self._checkpoint(wrapped, instance, args, kwargs)
-        if policy == "run-as-is" and self.adapter.carries_cache(self.signature, args, kwargs):
+        if policy == "run-as-is" and caches.carries_cache(self.adapter, self.signature, args,
+                                                          kwargs):
             layer = type(instance).__qualname__
             warn_once(
                 f"cache-needed:{type(instance).__module__}.{layer}",
@@ -162,8 +167,9 @@ class CheckpointedCall:
             return wrapped(*args, **kwargs)
         edit = None
         if self._may_carry_cache(kwargs) and not self._keeps_legacy_cache(instance, args, kwargs):
-            args, kwargs, edit = self.adapter.neutralise_caches(self.signature, args, kwargs)
-        if edit is not None and any(holds_content(edit.argument(name))
+            args, kwargs, edit = caches.neutralise_caches(self.adapter, self.signature, args,
+                                                          kwargs)
+        if edit is not None and any(caches.holds_content(edit.argument(name))
                                     for name in self.adapter.cache_args):
             # only where the caller passed a cache with something in it: an empty one that
             # config.use_cache made in a training step loses nothing
@@ -175,9 +181,9 @@ class CheckpointedCall:
                 "passed in, not updated. Shown once per layer class.",
             )
         output = self._checkpoint(wrapped, instance, args, kwargs)
-        if edit is None or not returns_cache(type(instance)):
+        if edit is None or not caches.returns_cache(type(instance)):
             return output
-        return self.adapter.restore_output(output, edit)
+        return caches.restore_output(self.adapter, output, edit)
 
     def _checkpoint(
         self,

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import api
-from .memory import peak_bytes
+from .. import api
+from ..budget.memory import peak_bytes
 
 
 @dataclass(frozen=True)

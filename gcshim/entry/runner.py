@@ -28,7 +28,7 @@ def _script_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
 
 def run(target: str, arguments: List[str], is_module: bool, environment: Dict[str, str]) -> int:
     os.environ.update(environment)
-    from . import auto  # noqa: F401  (importing it turns gcshim.auto on)
+    from .. import auto  # noqa: F401  (importing it turns gcshim.auto on)
 
     auto.activate()  # if this process imported it before, with other settings pending
     try:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
 import torch
 import torch.utils.checkpoint as _torch_checkpoint
 
-from .errors import UnsupportedOptionError
+from ..errors import UnsupportedOptionError
 
 
 def _is_bool(value: Any) -> bool:

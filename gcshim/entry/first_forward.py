@@ -18,10 +18,10 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from . import api
-from ._log import logger, notice_once, warn_once
-from .hf_flags import transformers_checkpoints
-from .profile import loss_of
+from .. import api
+from .._log import logger, notice_once, warn_once
+from ..budget.measure import loss_of
+from ..integrations.transformers.flags import transformers_checkpoints
 from .settings import Settings
 
 # whether the GCSHIM_* settings have chosen what gcshim does to some model in this process

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 import torch
 from torch import nn
 
-from ._log import warn_once
+from .._log import warn_once
 from .side_effects import _version, buffers_kept, recomputing
 
 _MAX_DEPTH = 5

@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Tuple
 import torch
 from torch import nn
 
-from ._attrs import put_back, take
+from .attrs import put_back, take
 
 _local = threading.local()
 

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from . import __version__
+from .. import __version__
 
 
 def _positive(text: str) -> int:
@@ -113,7 +113,7 @@ def split_run_arguments(
 
 
 def _run(argv: List[str]) -> int:
-    from .errors import GcshimConfigError
+    from ..errors import GcshimConfigError
     from .runner import run
     from .settings import Settings
 

@@ -14,11 +14,11 @@ from typing import Any, Dict, List, Tuple
 import torch
 from torch import nn
 
-from . import api
-from .adapters import find_adapter
-from .errors import GcshimWarning
-from .hf_flags import is_transformers_model
-from .select import ancestor_classes
+from .. import api
+from ..adapters import find_adapter
+from ..core.selection import ancestor_classes
+from ..errors import GcshimWarning
+from ..integrations.transformers.flags import is_transformers_model
 
 
 def _import_quietly(module_name: str) -> Any:

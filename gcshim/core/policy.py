@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple, TypeVar
 
 from torch import nn
 
-from .select import Selection
+from .selection import Selection
 
 T = TypeVar("T")
 

@@ -20,9 +20,9 @@ from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tup
 
 from torch import nn
 
-from .errors import BudgetError
+from ..errors import BudgetError
+from .measure import LayerCost, StepCost, device_of, layer_costs, measure_step
 from .memory import format_bytes
-from .profile import LayerCost, StepCost, device_of, layer_costs, measure_step
 
 # Applies gcshim to exactly these layer paths for the duration of a with-block.
 SubsetApplier = Callable[[Sequence[str]], ContextManager[object]]

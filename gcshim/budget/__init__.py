@@ -1,0 +1,1 @@
+"""Measuring a training step, choosing the fewest layers that fit a memory budget, plotting."""

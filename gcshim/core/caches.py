@@ -1,0 +1,137 @@
+"""Caches in a checkpointed call: which ones to neutralise, how, and the output's cache slot.
+
+Generation caches (`use_cache`, `past_key_value(s)`, `layer_past`, `cache`) are set to None and
+the flag to False for the call, as the layer's adapter row names them; where that drops a cache
+slot from a tuple output, the slot is put back with the cache passed in, so callers that index
+``outputs[1]`` keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+from ..adapters import Adapter
+from . import hooks
+from .signature import Signature
+
+
+def returns_cache(layer_type: type) -> bool:
+    """Whether a layer's tuple output may hold its cache (a framework may say its layers no
+    longer return one); code outside any framework: yes."""
+    for framework in hooks.frameworks():
+        answer = framework.returns_cache(layer_type)
+        if answer is not None:
+            return answer
+    return True
+
+
+def is_legacy_cache(value: Any) -> bool:
+    """None, or a tuple (of tuples) of tensors: a cache the layer cannot change in place, so
+    the recompute sees what the forward saw and the layer's output keeps its own layout."""
+    if value is None:
+        return True
+    return type(value) is tuple and all(
+        is_legacy_cache(item) or type(item).__name__ in ("Tensor", "Parameter") for item in value)
+
+
+def holds_content(cache: Any) -> bool:
+    """Whether a cache argument holds something (past keys/values, a state): what a caller
+    passes on purpose. An empty cache object, made because config.use_cache is on, does not."""
+    if cache is None:
+        return False
+    if isinstance(cache, torch.Tensor):
+        return cache.numel() > 0
+    if type(cache) in (tuple, list):
+        return any(holds_content(item) for item in cache)
+    length = getattr(cache, "get_seq_length", None)
+    if callable(length):
+        try:
+            return int(length()) > 0
+        except Exception:  # a cache type that cannot say: take it as holding something
+            return True
+    return True
+
+
+@dataclass(frozen=True)
+class CacheEdit:
+    """What gcshim changed in one call, and what it needs to restore the output's shape."""
+
+    changed: Tuple[str, ...]
+    flag_dropped: bool
+    cache_name: Optional[str]
+    passed_cache: Any
+    argument: Callable[[str], Any]
+
+
+def carries_cache(
+    adapter: Adapter, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> bool:
+    return any(signature.locate(name, args, kwargs)[1] is not None for name in adapter.cache_args)
+
+
+def neutralise_caches(
+    adapter: Adapter, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
+    """Return args/kwargs with caches off, and what was changed (None if nothing)."""
+
+    def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
+        return signature.locate(name, args, kwargs)
+
+    def argument(name: str) -> Any:
+        return locate(name)[1]
+
+    new_args = list(args)
+    new_kwargs = dict(kwargs)
+
+    def put(where: Union[str, int], name: str, value: Any) -> None:
+        if where == "kw":
+            new_kwargs[name] = value
+        else:
+            new_args[where] = value
+
+    changed = []
+    cache_name, passed_cache = None, None
+    for name in adapter.cache_args:
+        where, value = locate(name)
+        if cache_name is None and (where is not None or name in signature.positions):
+            cache_name, passed_cache = name, value
+        if where is not None and value is not None:
+            put(where, name, None)
+            changed.append(f"{name}=None")
+    flag_dropped = False
+    if adapter.cache_flag:
+        where, value = locate(adapter.cache_flag)
+        if value:
+            flag_dropped = True
+            changed.append(f"{adapter.cache_flag}=False")
+            if where is None:  # a default of True: pass False explicitly
+                new_kwargs[adapter.cache_flag] = False
+            else:
+                put(where, adapter.cache_flag, False)
+    if not changed:
+        return args, kwargs, None
+    edit = CacheEdit(tuple(changed), flag_dropped, cache_name, passed_cache, argument)
+    return tuple(new_args), new_kwargs, edit
+
+
+def restore_output(adapter: Adapter, output: Any, edit: Optional[CacheEdit]) -> Any:
+    """Put the cache slot back into a tuple output whose caller asked for a cache.
+
+    The slot gets the cache the caller passed in (not updated), so code that collects or
+    converts it keeps working; a layer that returns a single tensor is left as it is.
+    """
+    if edit is None or not edit.flag_dropped or type(output) is not tuple:
+        return output
+    slot = adapter.cache_slot
+    if callable(slot):
+        slot = slot(edit.argument)
+    if slot == "auto":
+        slot = 1 if edit.cache_name == "layer_past" else "append"
+    if slot == "append":
+        return output + (edit.passed_cache,)
+    if slot == "last":
+        return output[:-1] + (edit.passed_cache,)
+    return output[:slot] + (edit.passed_cache,) + output[slot:]
