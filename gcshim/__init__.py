@@ -2,6 +2,7 @@
 
 from . import integrations  # noqa: F401  (registers transformers' answers with the core)
 from ._log import reset_notices
+from ._version import __version__
 from .adapters import Adapter, register_adapter, unregister_adapter
 from .api import Handle, applied, apply, is_applied, plan, remove, report
 from .budget.planner import Plan
@@ -19,7 +20,6 @@ from .errors import (
     UnsupportedOptionError,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "Adapter",

@@ -7,7 +7,7 @@ method's default is the answer for plain PyTorch code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -80,6 +80,25 @@ class Framework:
 
     def cache_policy(self, layer: nn.Module) -> Optional[str]:
         """A cache policy the layer class itself declares (None: the adapter row's)."""
+        return None
+
+    # -- the ways in ----------------------------------------------------------------------------
+    def route_switches(self, apply: Callable[[nn.Module, Optional[bool]], Any],
+                       user_chose_gcshim: bool) -> Callable[[], None]:
+        """Route the framework's own checkpointing switches through `apply` (gcshim.auto);
+        returns the undo."""
+        return lambda: None
+
+    def describe(self, model: nn.Module) -> Optional[Dict[str, Any]]:
+        """What `gcshim inspect` reports of the framework for this model (None: not its)."""
+        return None
+
+    def layer_verdict(self, adapter: Adapter) -> str:
+        """What the framework's own checkpointing does for a layer of this row."""
+        return "n/a"
+
+    def build(self, cls: type) -> Optional[nn.Module]:
+        """A model of the framework's from a class that is not a module (a config class)."""
         return None
 
     # -- copies -------------------------------------------------------------------------------

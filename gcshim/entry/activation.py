@@ -15,15 +15,12 @@ at import. `deactivate()` undoes all of it (models already applied stay applied)
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Optional
 
-import wrapt
-
 from .._log import logger, warn_once
-from ..integrations.transformers.switches import TransformersSwitches
-from .first_forward import FirstForward, _settings_used
+from ..core import hooks
+from .first_forward import FirstForward, _settings_used, apply_from_settings
 from .settings import VARIABLES, Settings, unknown_variables
 
 _lock = threading.Lock()
@@ -32,21 +29,21 @@ _lock = threading.Lock()
 class _Activation:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.switches = TransformersSwitches(settings)
+
+        def apply(model, use_reentrant):  # type: ignore[no-untyped-def]
+            return apply_from_settings(model, settings, use_reentrant)
+
+        # each framework's own switches (transformers' gradient_checkpointing_enable) go
+        # through gcshim where its own checkpointing falls short
+        self._unroute = [framework.route_switches(apply, bool(settings.given()))
+                         for framework in hooks.frameworks()]
         self.first_forward = FirstForward(settings)
         self.active = True
-        if "transformers.modeling_utils" in sys.modules:
-            self._patch_transformers(sys.modules["transformers.modeling_utils"])
-        else:
-            wrapt.register_post_import_hook(self._patch_transformers, "transformers.modeling_utils")
-
-    def _patch_transformers(self, modeling_utils: object) -> None:
-        if self.active:
-            self.switches.install(modeling_utils.PreTrainedModel)  # type: ignore[attr-defined]
 
     def deactivate(self) -> None:
         self.active = False
-        self.switches.uninstall()
+        for unroute in self._unroute:
+            unroute()
         self.first_forward.remove()
 
 

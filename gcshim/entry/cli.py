@@ -8,7 +8,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from .. import __version__
+from .._version import __version__
 
 
 def _positive(text: str) -> int:

@@ -21,7 +21,7 @@ from torch import nn
 from .. import api
 from .._log import logger, notice_once, warn_once
 from ..budget.measure import loss_of
-from ..integrations.transformers.flags import transformers_checkpoints
+from ..core import hooks
 from .settings import Settings
 
 # whether the GCSHIM_* settings have chosen what gcshim does to some model in this process
@@ -116,7 +116,8 @@ class FirstForward:
             return
         # Its submodules are never the top level: don't look at them on this or later calls.
         self._seen.update(module.modules())
-        if api.is_applied(module) or any(transformers_checkpoints(m) for m in module.modules()):
+        if api.is_applied(module) or any(framework.checkpoints(m) for m in module.modules()
+                                         for framework in hooks.frameworks()):
             self.remove()  # the script checkpoints this model itself: nothing to do
             warn_unused_settings(self.settings, f"the script checkpoints {type(module).__name__}"
                                  " itself (gcshim.apply, or transformers' own checkpointing)")

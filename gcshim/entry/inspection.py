@@ -16,9 +16,9 @@ from torch import nn
 
 from .. import api
 from ..adapters import find_adapter
+from ..core import hooks
 from ..core.selection import ancestor_classes
 from ..errors import GcshimWarning
-from ..integrations.transformers.flags import is_transformers_model
 
 
 def _import_quietly(module_name: str) -> Any:
@@ -79,10 +79,10 @@ def build(cls: type) -> nn.Module:
             except TypeError as error:
                 raise ValueError(f"cannot build {cls.__name__} without arguments ({error}); "
                                  "inspect a class that builds from defaults") from None
-        if hasattr(cls, "model_type") and hasattr(cls, "to_dict"):  # a transformers config
-            from transformers import AutoModel
-
-            return AutoModel.from_config(cls())
+        for framework in hooks.frameworks():  # a framework's config class
+            model = framework.build(cls)
+            if model is not None:
+                return model
     raise ValueError(f"{cls.__name__} is neither an nn.Module nor a transformers config class")
 
 
@@ -95,22 +95,20 @@ def inspect_model(model: nn.Module) -> Dict[str, Any]:
         handle.remove()
     modules = dict(model.named_modules())
     layers: List[Dict[str, Any]] = []
-    transformers_model = is_transformers_model(model)
+    # the framework whose model it is (its own checkpointing only exists on its models)
+    framework, description = next(
+        ((f, d) for f in hooks.frameworks() for d in [f.describe(model)] if d is not None),
+        (None, {}))
     for row in report.rows:
         adapter = find_adapter(modules[row.path], ancestor_classes(model, row.path))
         layers.append({"path": row.path, "class": row.layer, "status": row.status,
                        "adapter": adapter.name,
-                       # transformers' own checkpointing only exists on its models
-                       "transformers_checkpointing": (adapter.transformers_checkpointing
-                                                      if transformers_model else "n/a"),
+                       "transformers_checkpointing": (framework.layer_verdict(adapter)
+                                                      if framework is not None else "n/a"),
                        "notes": adapter.notes})
     info: Dict[str, Any] = {"model": type(model).__name__, "found_by": report.source,
                             "checkpointed": len(report.checkpointed), "layers": layers}
-    if hasattr(type(model), "supports_gradient_checkpointing"):
-        import transformers
-
-        info["transformers"] = transformers.__version__
-        info["supports_gradient_checkpointing"] = bool(model.supports_gradient_checkpointing)
+    info.update(description)
     return info
 
 

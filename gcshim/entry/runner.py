@@ -15,7 +15,8 @@ import traceback
 from types import TracebackType
 from typing import Dict, List, Optional
 
-_OUR_FILES = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(runpy.__file__))
+_OUR_FILES = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+              os.path.dirname(runpy.__file__))
 
 
 def _script_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
@@ -28,9 +29,9 @@ def _script_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
 
 def run(target: str, arguments: List[str], is_module: bool, environment: Dict[str, str]) -> int:
     os.environ.update(environment)
-    from .. import auto  # noqa: F401  (importing it turns gcshim.auto on)
+    from .activation import activate
 
-    auto.activate()  # if this process imported it before, with other settings pending
+    activate()  # what `import gcshim.auto` does (with these settings, if it was on before)
     try:
         if is_module:
             sys.argv = [target, *arguments]

@@ -111,6 +111,29 @@ class Transformers(hooks.Framework):
             return "keep"
         return None
 
+    def route_switches(self, apply: Any, user_chose_gcshim: bool) -> Any:
+        from .switches import route
+
+        return route(apply, user_chose_gcshim)
+
+    def describe(self, model: nn.Module) -> Optional[Dict[str, Any]]:
+        if not flags.is_transformers_model(model):
+            return None
+        import transformers
+
+        return {"transformers": transformers.__version__,
+                "supports_gradient_checkpointing": bool(model.supports_gradient_checkpointing)}
+
+    def layer_verdict(self, adapter: Adapter) -> str:
+        return adapter.transformers_checkpointing
+
+    def build(self, cls: type) -> Optional[nn.Module]:
+        if not (hasattr(cls, "model_type") and hasattr(cls, "to_dict")):  # not a config
+            return None
+        from transformers import AutoModel
+
+        return AutoModel.from_config(cls())
+
     def plain_state(self, state: Dict[str, Any]) -> None:
         flags.plain_state(state)
 

@@ -15,15 +15,19 @@ method's `__func__` with the class attribute, which a proxy would make differ fo
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import wrapt
 from torch import nn
 
 from ... import api
 from ..._log import logger, notice_once
-from ...entry.first_forward import apply_from_settings
-from ...entry.settings import Settings
+
+# applies gcshim to a model as the way in was told to (settings), keeping the script's
+# use_reentrant unless the settings say otherwise; raises LookupError where nothing matches
+Apply = Callable[[nn.Module, Optional[bool]], Any]
 
 ENABLE = ("gradient_checkpointing_enable", "activation_checkpointing_enable")
 DISABLE = ("gradient_checkpointing_disable", "activation_checkpointing_disable")
@@ -39,15 +43,13 @@ def _checkpoint_kwargs(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[st
     return dict(args[0]) if args and isinstance(args[0], dict) else {}
 
 
-def _user_chose_gcshim(settings: Settings) -> bool:
-    return bool(settings.given())
-
-
 class TransformersSwitches:
     """The replaced enable/disable methods of PreTrainedModel, and their undoing."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, apply: Apply, user_chose_gcshim: bool) -> None:
+        self.apply = apply
+        # settings that choose what gcshim does were given: gcshim replaces transformers' own
+        self.user_chose_gcshim = user_chose_gcshim
         self._originals: List[Tuple[type, str, Callable[..., Any]]] = []
 
     def install(self, pretrained_model: type) -> None:
@@ -95,25 +97,47 @@ class TransformersSwitches:
                 kwargs: Dict[str, Any]) -> Optional[Any]:
         use_reentrant = _checkpoint_kwargs(args, kwargs).get("use_reentrant")
         name = type(model).__name__
-        if _user_chose_gcshim(self.settings):
+        if self.user_chose_gcshim:
             notice_once(f"hf-settings:{name}", f"gcshim: {name}: GCSHIM_* settings given, "
                         "gcshim checkpoints it", logging.INFO)
-            apply_from_settings(model, self.settings, use_reentrant)
+            self.apply(model, use_reentrant)
             return None
         if not getattr(model, "supports_gradient_checkpointing", False):
             notice_once(f"hf-absent:{name}", f"gcshim: {name} has no checkpointing of its own; "
                         "gcshim checkpoints it", logging.INFO)
-            apply_from_settings(model, self.settings, use_reentrant)
+            self.apply(model, use_reentrant)
             return None
         try:
             result = original(model, *args, **kwargs)
         except ValueError as error:  # transformers refuses this model
             notice_once(f"hf-raised:{name}", f"gcshim: transformers' checkpointing raised for "
                         f"{name} ({error}); gcshim checkpoints it", logging.INFO)
-            apply_from_settings(model, self.settings, use_reentrant)
+            self.apply(model, use_reentrant)
             return None
         try:  # the layers transformers' flag does nothing for, or breaks (the adapter table)
-            apply_from_settings(model, self.settings, use_reentrant)
+            self.apply(model, use_reentrant)
         except LookupError:
             pass
         return result
+
+
+def route(apply: Apply, user_chose_gcshim: bool) -> Callable[[], None]:
+    """Route PreTrainedModel's switches through gcshim now, or when transformers is imported;
+    returns the undo."""
+    switches = TransformersSwitches(apply, user_chose_gcshim)
+    state = {"active": True}
+
+    def install(modeling_utils: Any) -> None:
+        if state["active"]:
+            switches.install(modeling_utils.PreTrainedModel)
+
+    if "transformers.modeling_utils" in sys.modules:
+        install(sys.modules["transformers.modeling_utils"])
+    else:
+        wrapt.register_post_import_hook(install, "transformers.modeling_utils")
+
+    def undo() -> None:
+        state["active"] = False
+        switches.uninstall()
+
+    return undo
