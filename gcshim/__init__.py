@@ -20,7 +20,6 @@ from .errors import (
     UnsupportedOptionError,
 )
 
-
 __all__ = [
     "Adapter",
     "BudgetError",

@@ -472,8 +472,9 @@ def _enter(model: nn.Module, entry: str) -> None:
 
 
 def _auto_is_on() -> bool:
-    auto = sys.modules.get("gcshim.auto")
-    return auto is not None and auto.is_active()
+    from gcshim.entry import activation  # on under `gcshim run` too, without gcshim.auto
+
+    return activation.is_active()
 
 
 def _auto_on() -> bool:

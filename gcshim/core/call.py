@@ -17,6 +17,7 @@ from . import caches, hooks, side_channels, side_effects, tree
 from .offload import Offloader
 from .signature import Signature
 from .torch_checkpoint import (
+    CONTROL_FLOW,
     CheckpointOptions,
     checkpoint,
     inside_other_checkpoint,
@@ -80,19 +81,12 @@ def _ddp_breaks_reentrant() -> bool:
             and not getattr(active, "static_graph", False))
 
 
-def _needs_grad(module: nn.Module, inputs: Any) -> Tuple[bool, bool]:
-    """(an input tensor requires grad, an input or a parameter of the layer requires grad)."""
-    input_needs = any(t.requires_grad for t in inputs)
-    anything_needs = input_needs or any(p.requires_grad for p in module.parameters())
-    return input_needs, anything_needs
-
-
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
                  "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state",
-                 "last_skip")
+                 "last_skip", "_policy", "_flags", "_has_buffers")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = "",
@@ -115,6 +109,16 @@ class CheckpointedCall:
         self.replays_state: Optional[str] = None
         # why the latest call was not checkpointed (a key of SKIPPED), None if it was
         self.last_skip: Optional[str] = None
+        # the attributes a framework sets where its own checkpointing may take calls over
+        self._flags = tuple(f.call_flag for f in hooks.frameworks() if f.call_flag)
+        # Decided at patch time, from the layer (never kept: it holds this call): its cache
+        # policy, whether it has buffers that a forward may update (watched so that the
+        # recompute does not update them again).
+        self._policy = adapter.cache_policy
+        self._has_buffers = True
+        if layer is not None:
+            self._policy = cache_policy(layer, adapter)
+            self._has_buffers = any(m._buffers for m in layer.modules())
 
     def status(self, module: nn.Module) -> str:
         """What happened at the layer's last call, for the report."""
@@ -138,6 +142,13 @@ class CheckpointedCall:
         return all(caches.is_legacy_cache(self.signature.locate(name, args, kwargs)[1])
                    for name in self.adapter.cache_args)
 
+    def _flagged(self, instance: nn.Module) -> bool:
+        """Whether a framework's checkpointing flag is up on the layer (then ask it)."""
+        for name in self._flags:
+            if instance.__dict__.get(name) or getattr(type(instance), name, False):
+                return True
+        return False
+
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
             name in kwargs for name in self._cache_names)
@@ -149,12 +160,14 @@ class CheckpointedCall:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Any:
-        skip = self.last_skip = skip_reason(instance, self.adapter)
-        if skip is not None:
+        if not (instance.training and torch.is_grad_enabled()) or (
+                self._flagged(instance) and handing_to(instance, self.adapter) is not None):
+            self.last_skip = skip_reason(instance, self.adapter)
             return wrapped(*args, **kwargs)
-        policy = cache_policy(instance, self.adapter)
-        if policy == "keep":
-            return self._checkpoint(wrapped, instance, args, kwargs)
+        self.last_skip = None
+        policy = self._policy
+        if policy == "keep" or (policy == "neutralise" and not self._may_carry_cache(kwargs)):
+            return self._checkpoint(wrapped, instance, args, kwargs)  # no cache in this call
         if policy == "run-as-is" and caches.carries_cache(self.adapter, self.signature, args,
                                                           kwargs):
             layer = type(instance).__qualname__
@@ -193,8 +206,13 @@ class CheckpointedCall:
         kwargs: Dict[str, Any],
     ) -> Any:
         tensors, skeleton = tree.flatten_call(args, kwargs)
-        input_needs, anything_needs = _needs_grad(module, tensors)
-        if not anything_needs:  # frozen layer, frozen inputs: nothing would be saved
+        input_needs = False
+        for tensor in tensors:
+            if tensor.requires_grad:
+                input_needs = True
+                break
+        if not input_needs and not any(p.requires_grad for p in module.parameters()):
+            # frozen layer, frozen inputs: nothing would be saved
             self.last_skip = "frozen"
             return wrapped(*args, **kwargs)
         compiling = is_compiling()
@@ -234,6 +252,7 @@ class CheckpointedCall:
         state_names = self.adapter.module_state
         state_before = side_effects.snapshot_state(module, state_names) if state_names else []
         first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
+        has_buffers = self._has_buffers
 
         def run(*flat: torch.Tensor) -> Any:
             if compiling:
@@ -241,34 +260,35 @@ class CheckpointedCall:
                 # call, so there is nothing to guard, and a side effect here would break it.
                 call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                 return wrapped(*call_args, **call_kwargs)
-            if not first_forward:
-                # the forward gets the caller's own containers: a dict or list the layer
-                # writes into is theirs, for later layers to read
-                call_args, call_kwargs = args, kwargs
-            else:  # the recompute: the containers as they were before the forward
-                call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
+            recompute = bool(first_forward)
             try:
-                return run_eagerly(call_args, call_kwargs)
+                if not recompute:
+                    # the forward gets the caller's own containers: a dict or list the layer
+                    # writes into is theirs, for later layers to read
+                    if has_buffers:
+                        watched = side_effects.watch_buffers(module)
+                        output = wrapped(*args, **kwargs)
+                        first_forward.append(side_effects.changed_buffers(watched))
+                    else:
+                        output = wrapped(*args, **kwargs)
+                        first_forward.append(())
+                else:  # the recompute: the containers as they were before the forward
+                    call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
+                    if not first_forward[0] and not state_before and not replay:  # the usual
+                        with side_effects.RECOMPUTING:
+                            output = wrapped(*call_args, **call_kwargs)
+                    else:
+                        with side_effects.RECOMPUTING, \
+                                side_effects.buffers_kept(first_forward[0]), \
+                                side_effects.state_replayed(module, state_names, state_before), \
+                                side_effects.maybe(replay[0] if replay else None):
+                            output = wrapped(*call_args, **call_kwargs)
             except Exception as error:
-                add_context(error, f"gcshim: raised in checkpointed layer {self.where(module)} "
-                            + ("while backward recomputed it" if first_forward else
-                               "in its forward"))
+                if not isinstance(error, CONTROL_FLOW):  # torch's own early stop passes as is
+                    add_context(error, f"gcshim: raised in checkpointed layer "
+                                f"{self.where(module)} " + ("while backward recomputed it"
+                                                            if recompute else "in its forward"))
                 raise
-
-        def run_eagerly(call_args: Tuple[Any, ...], call_kwargs: Dict[str, Any]) -> Any:
-            if not first_forward:
-                watched = side_effects.watch_buffers(module)
-                output = wrapped(*call_args, **call_kwargs)
-                first_forward.append(side_effects.changed_buffers(watched))
-            elif not first_forward[0] and not state_before and not replay:  # the usual
-                with side_effects.recomputing():
-                    output = wrapped(*call_args, **call_kwargs)
-            else:
-                with side_effects.recomputing(), \
-                        side_effects.buffers_kept(first_forward[0]), \
-                        side_effects.state_replayed(module, state_names, state_before), \
-                        side_effects.maybe(replay[0] if replay else None):
-                    output = wrapped(*call_args, **call_kwargs)
             if not reentrant:
                 return output
             # Reentrant checkpoint only connects top-level tensor outputs to autograd.

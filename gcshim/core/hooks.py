@@ -21,6 +21,9 @@ class Framework:
     """One framework's answers (this base class: a framework that checkpoints nothing)."""
 
     name = "plain torch"
+    # the attribute whose truth (on the layer or its class) must hold for `handles_call` to:
+    # the call path reads it first, and asks only then (None: it never takes calls over)
+    call_flag: Optional[str] = None
     # how messages name its checkpointing ("transformers' own gradient checkpointing")
     own_checkpointing = "its own checkpointing"
     # how the report names the layers each discovery source finds

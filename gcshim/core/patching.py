@@ -176,12 +176,13 @@ def patch(
     original = module.forward
     if not callable(original):
         raise TypeError(f"its forward is not callable ({type(original).__name__})")
-    call = CheckpointedCall(adapter, options, Signature.of(original), offloader, path,
-                            module)
+    signature = Signature.of(original)
     plain_copy.hook_of(module)  # first: a copy made from here on is plain
     undo.record(plain_copy.forget, module)
     for framework in hooks.frameworks():
         framework.on_patched(module, owner, options, adapter, undo)
+    # made after the frameworks' marks: it decides from the layer as it will be called
+    call = CheckpointedCall(adapter, options, signature, offloader, path, module)
     wrapper = CheckpointedForward(module, call, previous, owner)
     module.__dict__["forward"] = wrapper
     undo.record(lambda layer: _put_forward_back(layer, wrapper), module,

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .._log import warn_once
-from .side_effects import _version, buffers_kept, recomputing
+from .side_effects import RECOMPUTING, _version, buffers_kept
 
 _MAX_DEPTH = 5
 _MAX_NODES = 20_000
@@ -299,7 +299,7 @@ def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
                for owner, name in large]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                buffers_kept(small), recomputing():
+                buffers_kept(small), RECOMPUTING:
             return True, call()
     except Exception as error:  # the real call will say it again, where it belongs
         return False, error

@@ -28,7 +28,7 @@ def is_recomputing() -> bool:
 
 
 class _Recomputing:
-    """`with recomputing():` marks this thread as inside a recompute (a plain class: it runs
+    """`with RECOMPUTING:` marks this thread as inside a recompute (a plain class: it runs
     on every recompute, and generator context managers cost more)."""
 
     __slots__ = ()
@@ -40,11 +40,7 @@ class _Recomputing:
         _local.depth -= 1
 
 
-_RECOMPUTING = _Recomputing()
-
-
-def recomputing() -> _Recomputing:
-    return _RECOMPUTING
+RECOMPUTING = _Recomputing()  # `with RECOMPUTING:` around a recompute
 
 
 def maybe(context: Any) -> Any:

@@ -15,6 +15,7 @@ for every tensor, including those the caller passed by keyword.
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
 
@@ -125,13 +126,20 @@ def non_reentrant_saves_inputs() -> bool:
     return hasattr(_torch_checkpoint, "_checkpoint_without_reentrant_generator")
 
 
-def is_compiling() -> bool:
-    """Whether torch.compile (dynamo) is tracing this call."""
+def _find_is_compiling() -> Callable[[], bool]:
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and hasattr(compiler, "is_compiling"):  # torch >= 2.3
-        return compiler.is_compiling()
-    dynamo = getattr(torch, "_dynamo", None)
-    return bool(dynamo is not None and dynamo.is_compiling())
+        return compiler.is_compiling
+
+    def dynamo_is_compiling() -> bool:  # torch < 2.3: dynamo's, once something imported it
+        dynamo = sys.modules.get("torch._dynamo")
+        return bool(dynamo is not None and dynamo.is_compiling())
+
+    return dynamo_is_compiling
+
+
+# Whether torch.compile (dynamo) is tracing this call; looked up once (it runs on every call).
+is_compiling = _find_is_compiling()
 
 
 def inside_other_checkpoint() -> bool:
@@ -163,6 +171,13 @@ def _top_saved_tensors_hooks() -> Any:
             raise
         _TOP_HOOKS_ARGS[0] = ()  # an older signature: ask without the argument from now on
         return _TOP_HOOKS()
+
+
+# torch's internal exceptions that steer the recompute (non-reentrant early stop, 2.1+): they
+# pass through a layer's recompute and must reach torch untouched
+CONTROL_FLOW: Tuple[type, ...] = tuple(
+    error for error in (getattr(_torch_checkpoint, "_StopRecomputationError", None),)
+    if isinstance(error, type))
 
 
 def checkpoint(

@@ -62,9 +62,12 @@ _TENSORS_ONLY = _Call()
 
 def flatten_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[List[torch.Tensor], Any]:
     """`flatten((args, kwargs))`, quicker for the most common call: tensors, by position."""
-    if not kwargs and all(type(arg) is torch.Tensor or type(arg) is torch.nn.Parameter
-                          for arg in args):
-        return list(args), _TENSORS_ONLY
+    if not kwargs:
+        for arg in args:
+            if type(arg) is not torch.Tensor and type(arg) is not torch.nn.Parameter:
+                break
+        else:
+            return list(args), _TENSORS_ONLY
     return flatten((args, kwargs))
 
 

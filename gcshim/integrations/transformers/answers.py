@@ -24,6 +24,7 @@ _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 class Transformers(hooks.Framework):
     name = "transformers"
     own_checkpointing = "transformers' own gradient checkpointing"
+    call_flag = flags.FLAG
     layer_source = "transformers GradientCheckpointingLayer"
     unit_source = "transformers _no_split_modules"
 
