@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from .table import format_table
+
 
 @dataclass(frozen=True)
 class LayerReport:
@@ -32,19 +34,10 @@ class Report:
         if not self.rows:
             return f"gcshim: nothing applied to {self.model}"
         header: Tuple[str, ...] = ("layer path", "class", "status", "adapter", "mode")
-        table = [header] + [
-            (row.path, row.layer, row.status, row.adapter, row.mode) for row in self.rows
-        ]
+        rows = [(row.path, row.layer, row.status, row.adapter, row.mode) for row in self.rows]
         if any(row.note for row in self.rows):
             header = (*header, "note")
-            table = [header] + [line + (row.note,) for line, row in zip(table[1:], self.rows)]
-        widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-        lines = [
-            f"gcshim: {len(self.checkpointed)} of {len(self.rows)} layers of {self.model} "
-            f"checkpointed" + (f" (found by {self.source})" if self.source else "")
-        ]
-        for i, line in enumerate(table):
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+            rows = [line + (row.note,) for line, row in zip(rows, self.rows)]
+        title = (f"gcshim: {len(self.checkpointed)} of {len(self.rows)} layers of {self.model} "
+                 f"checkpointed" + (f" (found by {self.source})" if self.source else ""))
+        return "\n".join([title, *format_table(header, rows)])

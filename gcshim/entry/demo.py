@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import api
 from ..budget.memory import peak_bytes
+from ..core import table
 
 
 @dataclass(frozen=True)
@@ -146,15 +147,11 @@ def format_table(rows: List[Dict[str, Any]], config: DemoConfig, device: str) ->
             "yes" if row["loss_equal"] else "NO",
             ("yes" if row["max_grad_diff"] <= 1e-5 else "NO") + f" ({row['max_grad_diff']:.1e})",
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [
         f"gcshim demo: TinyTransformer, {config.num_layers} layers, hidden {config.hidden_size}, "
         f"batch {config.batch_size} x {config.seq_len}, {device}, torch {torch.__version__}",
         "peak = bytes allocated by one training step on top of the model "
         + ("(CUDA allocator)" if device.startswith("cuda") else "(live-tensor tracker)"),
+        *table.format_table(header, lines[1:], separator=" | "),
     ]
-    for i, line in enumerate(lines):
-        out.append(" | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
-        if i == 0:
-            out.append("-|-".join("-" * w for w in widths))
     return "\n".join(out)

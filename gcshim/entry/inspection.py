@@ -18,6 +18,7 @@ from .. import api
 from ..adapters import find_adapter
 from ..core import hooks
 from ..core.selection import ancestor_classes
+from ..core.table import format_table
 from ..errors import GcshimWarning
 
 
@@ -123,9 +124,5 @@ def format_inspection(info: Dict[str, Any]) -> str:
     header: Tuple[str, ...] = ("layer path", "class", "gcshim", "adapter", "transformers' own")
     table = [header] + [(r["path"], r["class"], r["status"], r["adapter"],
                          r["transformers_checkpointing"]) for r in info["layers"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for index, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += format_table(header, table[1:])
     return "\n".join(lines)
