@@ -26,6 +26,16 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def torch_only(session: nox.Session) -> None:
+    """The suite where transformers (and the other optional libraries) are not installed:
+    gcshim needs only torch, wrapt and packaging; the tests that need more skip."""
+    session.install(TORCH)
+    session.install("--no-deps", "-e", ".")
+    session.install("wrapt", "packaging", "pytest", "hypothesis", "numpy")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
 def stress(session: nox.Session) -> None:
     """The long reliability runs: many generated trees, 10,000 apply/remove cycles."""
     session.install(TORCH)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import warnings
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +62,10 @@ def not_torchs_own(caught: List[warnings.WarningMessage]) -> List[str]:
 # Extra forward runs of each layer in its first checkpointed step: with use_reentrant=True
 # gcshim runs the forward once without grad, to compare it with the forward with grad.
 CHECK_RUNS = {False: 0, True: 1}
+
+# adapter rows gated on transformers hold only where it is installed (nox -s torch_only)
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                        reason="transformers is not installed")
 
 _COUNTS: Dict[Tuple[int, str], int] = {}
 

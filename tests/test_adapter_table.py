@@ -1,6 +1,7 @@
 """The built-in adapter table as data: well-formed, one file per family, no version gaps."""
 
 import pytest
+from models import needs_transformers
 from packaging.version import Version
 from torch import nn
 
@@ -52,6 +53,7 @@ def test_transformers_5_layers_never_get_a_cache_slot_back(monkeypatch):
     assert returns_cache(_fake_layer("Block", "mymodels"))
 
 
+@needs_transformers
 def test_within_rows_need_the_ancestor():
     row = next(r for r in registry._BUILTIN if r.within)
     layer = _fake_layer("AnyLayer", "anything")()

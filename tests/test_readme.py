@@ -1,6 +1,7 @@
 """The README's examples run as written: every python block, and every `python -m gcshim`
 command (against a script and a module that take any arguments)."""
 
+import importlib.util
 import os
 import re
 import shlex
@@ -55,16 +56,20 @@ def _environment():
     return environment
 
 
-def _slow_if(code):
-    heavy = "Trainer(" in code or "lightning" in code
-    return pytest.param(code, marks=[pytest.mark.slow] if heavy else [])
+def _marks(code):
+    marks = [pytest.mark.slow] if "Trainer(" in code or "lightning" in code else []
+    for library in ("transformers", "peft", "lightning"):
+        if library in code:
+            marks.append(pytest.mark.skipif(importlib.util.find_spec(library) is None,
+                                            reason=f"{library} is not installed"))
+    return marks
 
 
 def test_the_readme_has_examples():
     assert len(PYTHON) >= 6 and len(COMMANDS) >= 5
 
 
-@pytest.mark.parametrize("code", [_slow_if(code) for code in PYTHON],
+@pytest.mark.parametrize("code", [pytest.param(code, marks=_marks(code)) for code in PYTHON],
                          ids=[f"python-{i}" for i in range(len(PYTHON))])
 def test_python_example_runs(code, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -72,7 +77,7 @@ def test_python_example_runs(code, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [pytest.param(c, marks=_marks(c)) for c in COMMANDS])
 def test_command_runs(command, tmp_path):
     (tmp_path / "train.py").write_text(TRAIN)
     (tmp_path / "mypackage").mkdir()

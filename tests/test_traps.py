@@ -8,7 +8,13 @@ from typing import Optional
 
 import pytest
 import torch
-from models import CHECK_RUNS, as_transformers_code, assert_same_grads, grads_of
+from models import (
+    CHECK_RUNS,
+    as_transformers_code,
+    assert_same_grads,
+    grads_of,
+    needs_transformers,
+)
 from torch import nn
 
 import gcshim
@@ -232,6 +238,7 @@ class PI0Wrapper(nn.Module):
         return self.model(prefix, suffix)
 
 
+@needs_transformers
 @MODES
 def test_a_cache_the_model_needs_in_training_is_left_alone(reentrant):
     model = PI0Wrapper()
