@@ -1,6 +1,6 @@
 """nox sessions. `nox -s tests` is what CI runs (the pinned CPU torch).
 
-The compatibility matrix: `python tools/run_matrix.py` runs every `matrix` cell (one venv at a
+The compatibility matrix: `python -m tools.run_matrix` runs every `matrix` cell (one venv at a
 time, deleted after its run), then `nox -s compat` writes compat_matrix.md from the results.
 """
 
@@ -79,7 +79,7 @@ def sweep(session: nox.Session) -> None:
     session.run("bash", "tools/sweep_versions.sh", *versions,
                 env={"PYTHON": "python", "TF_ROOT": f"{session.virtualenv.location}/tf"},
                 external=True)
-    session.run("python", "tools/coverage_report.py")
+    session.run("python", "-m", "tools.coverage_report")
 
 
 @nox.session(python="3.11")
@@ -89,8 +89,8 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "gcshim", "demo", *session.posargs)
 
 
-sys.path.insert(0, str(Path(__file__).parent / "tools"))
-from matrix_cells import MATRIX, RESULTS, cell_id  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # nox imports this file, not the package root
+from tools.matrix_cells import MATRIX, RESULTS, cell_id  # noqa: E402
 
 
 def _constraints(session: nox.Session, torch: str, transformers: str) -> str:
@@ -112,7 +112,7 @@ def matrix(session: nox.Session, torch: str, transformers: str) -> None:
                     "setuptools<81")  # older lightning releases import pkg_resources
     cell = cell_id(session.python, torch, transformers)
     junit = Path(session.create_tmp()) / "junit.xml"
-    session.run("python", "tools/compat_cell.py", "run", "--junit", str(junit),
+    session.run("python", "-m", "tools.compat_cell", "run", "--junit", str(junit),
                 "--out", str(RESULTS / f"{cell}.json"), "--", *session.posargs)
     if not os.environ.get("GCSHIM_KEEP_MATRIX_VENVS"):
         # a CUDA build of torch is ~3 GB; the matrix keeps one venv at a time
@@ -122,4 +122,4 @@ def matrix(session: nox.Session, torch: str, transformers: str) -> None:
 @nox.session(python=False)
 def compat(session: nox.Session) -> None:
     """compat_matrix.md from the cells' results in docs/compat/ (never edited by hand)."""
-    session.run("python", "tools/compat_report.py", str(RESULTS), "compat_matrix.md")
+    session.run("python", "-m", "tools.compat_report", str(RESULTS), "compat_matrix.md")

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+# the tests' shared models (tests/models.py) and the maintainers' tools (tools.<name>): the one
+# place either is put on the path
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 import gcshim  # noqa: E402
 

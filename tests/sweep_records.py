@@ -1,12 +1,8 @@
 """Reading tools/arch_sweep.py records in tests, on whichever transformers is installed."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import arch_sweep  # noqa: E402,F401  (re-exported for the tests)
+from tools import arch_sweep  # noqa: F401  (re-exported for the tests)
 
 
 def require_ran(record: dict) -> dict:

@@ -69,11 +69,11 @@ def test_vlm_cache_trap_that_torch_activation_checkpointing_hits():
     import copy
     import functools
 
-    import tiny_models
     import torch
     from torch.distributed.algorithms._checkpoint import checkpoint_wrapper as torch_ac
 
     import gcshim
+    from tools import tiny_models
 
     model, variants = tiny_models.build("paligemma")
     inputs = variants[0]
@@ -121,11 +121,13 @@ def test_second_transformers_release(tmp_path):
     out = tmp_path / "sweep.jsonl"
     env = dict(os.environ, PYTHONPATH=OLD)
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "arch_sweep.py"), "--out", str(out),
+        [sys.executable, "-m", "tools.arch_sweep", "--out", str(out),
          "--only", ",".join(SUBSET + OLD_ONLY), "--timeout", "150"],
-        env=env, check=True, capture_output=True, timeout=900,
+        env=env, check=True, capture_output=True, timeout=900, cwd=ROOT,
     )
-    records = {json.loads(line)["arch"]: json.loads(line) for line in out.read_text().splitlines()}
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["stamp"]["adapter_table"]  # the page says what made it
+    records = {line["arch"]: line for line in lines[1:]}
     assert set(records) == set(SUBSET + OLD_ONLY)
     versions = {r["transformers"] for r in records.values() if "transformers" in r}
     assert versions and transformers.__version__ not in versions
@@ -142,10 +144,9 @@ def test_rows_name_arguments_the_installed_layers_have(arch):
     """Each row's grad-carrying arguments exist in the real layer's signature."""
     import inspect
 
-    import tiny_models
-
     import gcshim
     from gcshim.adapters import find_adapter
+    from tools import tiny_models
 
     model, _inputs = tiny_models.build(arch)
     handle = gcshim.apply(model)
@@ -163,7 +164,8 @@ FLAG_SCRIPT = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 sys.path.insert(0, sys.argv[1])
-import tiny_models, gcshim, transformers
+from tools import tiny_models
+import gcshim, transformers
 out = {"version": transformers.__version__}
 for arch in ("llama", "gpt2", "t5"):
     model, _ = tiny_models.build(arch)
@@ -181,7 +183,7 @@ print(json.dumps(out))
 @pytest.mark.skipif(not OLD, reason="set GCSHIM_OLD_TRANSFORMERS to a pip --target install")
 def test_second_release_is_gradient_checkpointing_follows_apply_and_remove():
     env = dict(os.environ, PYTHONPATH=OLD)
-    done = subprocess.run([sys.executable, "-c", FLAG_SCRIPT, str(ROOT / "tools")], env=env,
+    done = subprocess.run([sys.executable, "-c", FLAG_SCRIPT, str(ROOT)], env=env,
                           check=True, capture_output=True, text=True, timeout=300)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result.pop("version") != transformers.__version__

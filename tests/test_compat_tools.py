@@ -2,14 +2,11 @@
 compat_matrix.md, and the matrix's cells are the ones the project promises."""
 
 import json
-import sys
 from pathlib import Path
 
+from tools import compat_cell, compat_report, matrix_cells
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import compat_cell  # noqa: E402
-import compat_report  # noqa: E402
-import matrix_cells  # noqa: E402
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="5">

@@ -20,7 +20,7 @@ HYBRIDS = ["zamba", "zamba2"]
 
 @pytest.mark.parametrize("arch", UNSUPPORTED + HYBRIDS)
 def test_gcshim_checkpoints_what_transformers_cannot(arch, monkeypatch):
-    import tiny_models
+    from tools import tiny_models
 
     if arch in HYBRIDS:  # the Mamba reference kernels are slow on CPU: a shorter batch
         monkeypatch.setattr(tiny_models, "SEQ", 8)

@@ -10,7 +10,7 @@ many module calls the backward recomputed, and the peak bytes a live-tensor trac
 
 Each architecture runs in its own forked process with a timeout; results are JSON lines.
 
-    python tools/arch_sweep.py --out docs/sweep/transformers-5.24.0.jsonl [--only llama,gpt2]
+    python -m tools.arch_sweep --out docs/sweep/transformers-5.24.0.jsonl [--only llama,gpt2]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import sys
 import tempfile
 import time
 import traceback
@@ -38,12 +37,9 @@ try:
 except ImportError:  # pragma: no cover - numpy comes with transformers
     numpy = None
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tester_models  # noqa: E402
-import tiny_models  # noqa: E402
-
 import gcshim  # noqa: E402
 from gcshim.budget.memory import peak_bytes  # noqa: E402
+from tools import stamp, tester_models, tiny_models  # noqa: E402
 
 # the loss of one step: tiny_models' for its models; tester_models' weighted one for testers'
 _LOSS = [tiny_models.loss_of]
@@ -441,7 +437,10 @@ def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
     pending = list(model_types)
     running: Dict[int, tuple] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not append or not out.exists() or out.stat().st_size == 0
     with open(out, "a" if append else "w") as sink:
+        if fresh:
+            sink.write(stamp.jsonl_line() + "\n")
         while pending or running:
             while pending and len(running) < jobs:
                 model_type = pending.pop(0)

@@ -1,6 +1,6 @@
 """One cell of the compatibility matrix: run the suite, keep a JSON summary of what happened.
 
-    python tools/compat_cell.py run --junit J.xml --out docs/compat/CELL.json [-- pytest args]
+    python -m tools.compat_cell run --junit J.xml --out docs/compat/CELL.json [-- pytest args]
 
 Runs inside the cell's venv, so the versions it records are the ones the tests imported.
 The summary holds counts, and one line of reason per failure and per skip reason; the full junit
@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+
+from tools import stamp
 
 PACKAGES = ("torch", "transformers", "numpy", "accelerate", "peft", "lightning", "wrapt")
 
@@ -120,6 +122,7 @@ def run(junit: Path, out: Path, pytest_args: list[str]) -> int:
         "test_seconds": round(seconds, 1),
         "pytest_exit": proc.returncode,
         **summary,
+        **stamp.current(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + "\n")

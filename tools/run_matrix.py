@@ -1,7 +1,7 @@
 """Run the nox compatibility matrix, one cell after another, then write compat_matrix.md.
 
-    python tools/run_matrix.py                 # every cell
-    python tools/run_matrix.py torch2.0.1-tf4.44.2-py3.9 ...   # some cells again
+    python -m tools.run_matrix                 # every cell
+    python -m tools.run_matrix torch2.0.1-tf4.44.2-py3.9 ...   # some cells again
 
 Each cell's venv (a CUDA build of torch, ~3 GB) is made while the cell before it runs its tests,
 and deleted when its own tests end, so at most two exist at once. pip's download cache is kept,
@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-from matrix_cells import MATRIX, RESULTS, cell_id  # noqa: E402
+from tools.matrix_cells import MATRIX, RESULTS, cell_id  # noqa: E402
 
 LOGS = ROOT / ".nox" / "matrix-logs"
 PYENV = Path.home() / ".pyenv" / "versions"

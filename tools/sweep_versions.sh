@@ -10,6 +10,6 @@ python="${PYTHON:-python}"
 for version in "$@"; do
   target="$root/$version"
   [ -d "$target/transformers" ] || "$python" -m pip install -q --target "$target" "transformers==$version"
-  PYTHONPATH="$target" "$python" "$here/tools/arch_sweep.py" \
-    --out "$here/docs/sweep/transformers-$version.jsonl" --timeout "${SWEEP_TIMEOUT:-150}"
+  (cd "$here" && PYTHONPATH="$target" "$python" -m tools.arch_sweep \
+    --out "$here/docs/sweep/transformers-$version.jsonl" --timeout "${SWEEP_TIMEOUT:-150}")
 done

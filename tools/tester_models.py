@@ -10,7 +10,7 @@ inputs, stable layer norm, ...), which the default configs of `tiny_models` ofte
 tag of the installed release, with `utils/` beside it (the tests import `utils/test_module`):
 
     git --git-dir=<transformers.git> archive v4.57.1 tests utils | tar -x -C /tmp/tf-4.57
-    python tools/arch_sweep.py --testers /tmp/tf-4.57 --out docs/sweep/testers-4.57.6.jsonl
+    python -m tools.arch_sweep --testers /tmp/tf-4.57 --out docs/sweep/testers-4.57.6.jsonl
 
 The tests read `src/transformers` under the checkout: it is linked to the installed package.
 Optional packages the test modules import at the top (datasets) are stubbed when missing.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 import weakref
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -64,6 +66,25 @@ def covers(row: Adapter, cls: type, ancestors: Tuple[str, ...] = ()) -> bool:
         and (row.module_prefix is None or klass.__module__.startswith(row.module_prefix))
         for klass in cls.__mro__
     )
+
+
+def _canonical(value: object) -> str:
+    if callable(value) and not isinstance(value, type):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', value)}"
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_canonical(item) for item in value) + "]"
+    return repr(value)
+
+
+def table_fingerprint(rows: Optional[List[Adapter]] = None) -> str:
+    """A short hash of the built-in table's rows, field by field (what generated pages record:
+    the table they were made with)."""
+    rows = _BUILTIN if rows is None else rows
+    text = "\n".join(
+        ";".join(f"{f.name}={_canonical(getattr(row, f.name))}"
+                 for f in sorted(dataclasses.fields(row), key=lambda f: f.name) if f.init)
+        for row in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
