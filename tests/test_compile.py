@@ -116,7 +116,10 @@ def test_compiled_transformers_model_has_no_graph_break_from_gcshim():
         loss.backward()
         results.append((sum(counters["graph_break"].values()), loss.detach()))
     (plain_breaks, plain_loss), (breaks, loss) = results
-    assert breaks <= plain_breaks or not COMPILES_IN_ONE_GRAPH
+    if COMPILES_IN_ONE_GRAPH:
+        assert breaks <= plain_breaks
+    else:  # the limitation before torch 2.5: eager checkpoints between graph pieces
+        assert breaks > plain_breaks
     torch.testing.assert_close(loss, plain_loss)
     for (name, p), q in zip(applied.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name, rtol=1e-4, atol=1e-6)
