@@ -58,6 +58,12 @@ def _fresh_process_state():
     gcshim.reset_notices()
 
 
+@pytest.fixture(params=[False, True], ids=["non-reentrant", "reentrant"])
+def reentrant(request):
+    """The checkpointing mode: every test that takes `reentrant` runs in both."""
+    return request.param
+
+
 @pytest.fixture
 def gcshim_log(caplog):
     caplog.set_level(logging.INFO, logger="gcshim")

@@ -6,7 +6,7 @@ import contextlib
 import importlib.util
 import re
 import warnings
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import torch
@@ -89,6 +89,24 @@ class CountsCalls:
 
     calls = _counter("calls")
     first_calls = _counter("first_calls")
+
+
+class Block(CountsCalls, nn.Module):
+    """The tests' plain block: a residual tanh(Linear), counting its forward calls."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, width)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x + torch.tanh(self.lin(x))
+
+
+def stack(depth: int = 3, width: int = 8) -> nn.Sequential:
+    """`depth` Blocks in a Sequential: the repeated blocks auto discovery finds."""
+    return nn.Sequential(*[Block(width) for _ in range(depth)])
 
 
 class RopeLikeBlock(CountsCalls, nn.Module):
@@ -236,6 +254,43 @@ def grads_of(model: nn.Module) -> Dict[str, torch.Tensor]:
         for name, p in model.named_parameters()
         if p.grad is not None
     }
+
+
+@contextlib.contextmanager
+def recomputed_modules() -> Iterator[set]:
+    """The ids of the modules that ran forward inside a gcshim recompute while the block ran
+    (the sub-modules of the layers backward recomputed)."""
+    import gcshim
+
+    seen: set = set()
+
+    def note(module: nn.Module, _args: object) -> None:
+        if gcshim.is_recomputing():
+            seen.add(id(module))
+
+    hook = nn.modules.module.register_module_forward_pre_hook(note)
+    try:
+        yield seen
+    finally:
+        hook.remove()
+
+
+def assert_exact_and_recomputed(model: nn.Module, step: Callable[[], object],
+                                reference: Dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    """One training `step()` of a gcshim-applied `model`: gcshim patched layers, each of them
+    recomputed in backward (its sub-modules ran again), and every gradient equals `reference`
+    (grads_of the un-checkpointed model after the same step). A gradient test that would pass
+    with nothing patched is not a test of gcshim."""
+    from gcshim.core.patching import iter_patched
+
+    patched = [(path, module) for path, module, _wrapper in iter_patched(model)]
+    assert patched, "gcshim patched nothing"
+    with recomputed_modules() as seen:
+        step()
+    not_recomputed = [path for path, module in patched
+                      if not any(id(inner) in seen for inner in module.modules())]
+    assert not not_recomputed, f"not recomputed in backward: {not_recomputed}"
+    assert_same_grads(reference, model, atol=atol)
 
 
 def assert_same_grads(reference: Dict[str, torch.Tensor], model: nn.Module,

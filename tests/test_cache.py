@@ -42,7 +42,6 @@ def _run(model, **kwargs):
 @pytest.mark.parametrize("filled", [False, True], ids=["empty", "filled"])
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
 @pytest.mark.parametrize("output_attentions", [False, True])
-@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_past_key_value_layer(positional, output_attentions, reentrant, filled):
     model = CacheCallerModel(PastKeyValueBlock, positional=positional, filled=filled).train()
     gcshim.apply(model, use_reentrant=reentrant)
@@ -57,7 +56,6 @@ def test_past_key_value_layer(positional, output_attentions, reentrant, filled):
 
 @pytest.mark.parametrize("filled", [False, True], ids=["empty", "filled"])
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
-@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_layer_past_layer_keeps_slot_one(positional, reentrant, filled):
     """A GPT-2-style layer (4.44) with a table row: caching off, the slot at index 1 kept."""
     model = CacheCallerModel(LayerPastBlock, positional=positional, filled=filled).train()
@@ -68,7 +66,6 @@ def test_layer_past_layer_keeps_slot_one(positional, reentrant, filled):
 
 
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
-@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_a_copied_layer_keeps_its_legacy_cache_and_layout(positional, reentrant):
     """The same layer as user code (a copy of an old modeling file) with no table row: a cache
     of tuples cannot change in place, so it stays on, exact, in the layer's own layout."""

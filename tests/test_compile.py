@@ -21,7 +21,6 @@ pytestmark = pytest.mark.skipif(
                                       and Version(torch.__version__).release < (2, 4)),
     reason="torch.compile is not available for this torch and Python")
 
-MODES = [False, True]
 compiles_patched = pytest.mark.skipif(not COMPILES_PATCHED_LAYERS, reason=NO_COMPILE_REASON)
 
 
@@ -65,7 +64,6 @@ def _compiled_step(model, x):
 
 
 @compiles_patched
-@pytest.mark.parametrize("reentrant", MODES)
 def test_compiled_applied_model_trains_alike_with_no_extra_graph_breaks(reentrant):
     torch.manual_seed(0)
     plain = Net()

@@ -14,8 +14,6 @@ from torch.nn import functional as F
 
 import gcshim
 
-MODES = pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
-
 
 # -- nanoGPT-style: written here from the architecture's description --------------------------
 class CausalSelfAttention(nn.Module):
@@ -65,7 +63,6 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-@MODES
 def test_nanogpt_blocks_found_and_trained_with_dropout(reentrant, checkpoint_calls):
     model = GPT()
     idx = torch.randint(64, (2, 16))
@@ -96,7 +93,6 @@ def _check_blocks(model, inputs, expected_classes, reentrant):
     return handle
 
 
-@MODES
 @pytest.mark.parametrize("name, classes", [
     ("vit_tiny_patch16_224", {"Block"}),
     ("convnext_atto", {"ConvNeXtBlock"}),
@@ -112,7 +108,6 @@ def test_timm_blocks(name, classes, reentrant):
     _check_blocks(model, torch.randn(2, 3, size, size), classes, reentrant)
 
 
-@MODES
 def test_torchvision_resnet_blocks(reentrant):
     models = pytest.importorskip("torchvision.models")
     model = models.resnet18(num_classes=10)

@@ -200,7 +200,6 @@ def test_non_reentrant_needs_no_fallback(kind):
     assert {row.mode for row in handle.report().rows} == {"non-reentrant"}
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
 def test_in_place_state_is_replayed_for_the_recompute(reentrant):
     reference, grads, handle, model, caught = _run("state", reentrant=reentrant)
     _assert_exact_and_recomputed(reference, grads, model, reentrant=reentrant)

@@ -58,7 +58,6 @@ def _step(model, ids):
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
-@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_gradients_equal_and_layers_recompute(arch, reentrant):
     build, layer_class = BUILDERS[arch]
     model = build().train()

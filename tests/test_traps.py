@@ -20,8 +20,6 @@ from torch import nn
 import gcshim
 from gcshim.adapters import Adapter
 
-MODES = pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
-
 
 def _train_step(model, *args, **kwargs):
     model.zero_grad(set_to_none=True)
@@ -89,7 +87,6 @@ class SubConfigCacheModel(nn.Module):
         return x.pow(2).sum()
 
 
-@MODES
 def test_cache_kept_on_by_a_sub_config_is_not_updated_twice(reentrant):
     model = SubConfigCacheModel()
     x = torch.randn(2, 5, 8, requires_grad=True)
@@ -124,7 +121,6 @@ class MutatingCaller(nn.Module):
         return feature_maps[-1].pow(2).sum()
 
 
-@MODES
 def test_list_argument_mutated_after_the_layer_ran(reentrant):
     model = MutatingCaller()
     x = torch.randn(4, 6, requires_grad=True)
@@ -162,7 +158,6 @@ class SharedKVModel(nn.Module):
         return x.sum()
 
 
-@MODES
 def test_grad_carrying_tensors_inside_a_dict_keyword(reentrant):
     model = SharedKVModel()
     x = torch.randn(3, 8)  # frozen input: only the dict carries the producer's gradient
@@ -198,7 +193,6 @@ class BiasChainModel(nn.Module):
         return x.pow(2).sum()
 
 
-@MODES
 def test_position_bias_passed_by_keyword_between_layers(reentrant):
     model = BiasChainModel()
     x = torch.randn(3, 8, requires_grad=True)
@@ -239,7 +233,6 @@ class PI0Wrapper(nn.Module):
 
 
 @needs_transformers
-@MODES
 def test_a_cache_the_model_needs_in_training_is_left_alone(reentrant):
     model = PI0Wrapper()
     prefix, suffix = torch.randn(2, 4, 8), torch.randn(2, 3, 8, requires_grad=True)
@@ -366,7 +359,6 @@ def test_no_split_modules_naming_nothing_falls_back_to_repeated_blocks():
     assert handle.source == "auto: repeated blocks"
 
 
-@MODES
 def test_blocks_whose_inputs_need_no_grad_still_train(reentrant):
     """PVTv2: the first block gets a frozen input; its parameters still get gradients."""
     model = NamesNothing()
@@ -426,7 +418,6 @@ class StatefulModel(nn.Module):
         return x.pow(2).sum()
 
 
-@MODES
 def test_module_state_is_replayed_for_the_recompute(reentrant):
     row = Adapter(name="test stateful", classes=("StatefulLayer",),
                   module_state=("recurrent_states",))
@@ -444,7 +435,6 @@ def test_module_state_is_replayed_for_the_recompute(reentrant):
         gcshim.unregister_adapter(row)
 
 
-@MODES
 def test_without_the_row_the_state_is_found_and_replayed(reentrant):
     """The first checkpointed call sees the layer reassign its own attribute, and the
     recompute starts from the value the forward saw (side_channels), with no table row."""

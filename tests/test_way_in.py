@@ -313,7 +313,6 @@ def _checkpoints(model):
     return getattr(model, name)
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
 def test_copies_and_pickles_are_the_plain_model(reentrant):
     model = _tiny_llama()
     before = {path: set(vars(module)) for path, module in model.named_modules()}
