@@ -81,6 +81,18 @@ def _ddp_breaks_reentrant() -> bool:
             and not getattr(active, "static_graph", False))
 
 
+def _holds_buffers(layer: nn.Module) -> bool:
+    """Whether the layer or a module inside it has a buffer (a plain walk: it runs per layer
+    at apply, where named_modules' generators cost more than the rest of patching)."""
+    pending = [layer]
+    while pending:
+        module = pending.pop()
+        if module._buffers:
+            return True
+        pending.extend(m for m in module._modules.values() if m is not None)
+    return False
+
+
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
@@ -118,7 +130,7 @@ class CheckpointedCall:
         self._has_buffers = True
         if layer is not None:
             self._policy = cache_policy(layer, adapter)
-            self._has_buffers = any(m._buffers for m in layer.modules())
+            self._has_buffers = _holds_buffers(layer)
 
     def status(self, module: nn.Module) -> str:
         """What happened at the layer's last call, for the report."""

@@ -105,6 +105,10 @@ class Framework:
         return None
 
     # -- copies -------------------------------------------------------------------------------
+    def marked(self, module: nn.Module) -> bool:
+        """Whether the framework's marks made for gcshim are still on the module."""
+        return False
+
     def plain_state(self, state: Dict[str, Any]) -> None:
         """Undo, in a module's state as pickled or copied, the marks gcshim made."""
 

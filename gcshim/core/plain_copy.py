@@ -114,11 +114,14 @@ def remember(module: nn.Module, name: str, before: Any, value: Any) -> None:
 def forget(module: nn.Module, name: str = "") -> None:
     """A change was undone (`name`, if remembered here); the hook goes once nothing of
     gcshim's is left on the module."""
+    from .patching import CheckpointedForward
+
     hook = module.__dict__.get(HOOK)
     if not isinstance(hook, PlainState):
         return
     hook.remembered.pop(name, None)
-    state = {key: value for key, value in module.__dict__.items() if key != HOOK}
-    plain = plain_state(state, hook.remembered)
-    if plain.keys() == state.keys() and all(plain[key] is state[key] for key in state):
-        del module.__dict__[HOOK]
+    if hook.remembered or isinstance(module.__dict__.get("forward"), CheckpointedForward):
+        return
+    if any(framework.marked(module) for framework in hooks.frameworks()):
+        return
+    del module.__dict__[HOOK]

@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from torch import nn
 
-_Step = Tuple[Callable[..., Any], Tuple["weakref.ref[nn.Module]", ...],
-              Optional[Callable[..., None]]]
+_Step = Tuple[Callable[[nn.Module], Any], "weakref.ref[nn.Module]",
+              Optional[Callable[[nn.Module], None]]]
 
 
 class UndoLog:
@@ -24,26 +24,26 @@ class UndoLog:
     def __init__(self) -> None:
         self._steps: List[_Step] = []
 
-    def record(self, undo: Callable[..., Any], *modules: nn.Module,
-               check: Optional[Callable[..., None]] = None) -> None:
-        """`undo(*modules)` undoes a change just made; `check(*modules)` raises, touching
-        nothing, where it must not run now. Neither may hold a module itself."""
-        self._steps.append((undo, tuple(weakref.ref(m) for m in modules), check))
+    def record(self, undo: Callable[[nn.Module], Any], module: nn.Module,
+               check: Optional[Callable[[nn.Module], None]] = None) -> None:
+        """`undo(module)` undoes a change just made to `module`; `check(module)` raises,
+        touching nothing, where it must not run now. Neither may hold the module itself."""
+        self._steps.append((undo, weakref.ref(module), check))
 
     def check(self) -> None:
         """Raise (before anything is undone) if a step cannot be undone now."""
-        for _undo, refs, check in self._steps:
-            modules = [ref() for ref in refs]
-            if check is not None and all(m is not None for m in modules):
-                check(*modules)
+        for _undo, ref, check in self._steps:
+            module = ref()
+            if check is not None and module is not None:
+                check(module)
 
     def undo(self) -> None:
         """Undo every step, last first; the log is empty afterwards."""
-        while self._steps:
-            undo, refs, _check = self._steps.pop()
-            modules = [ref() for ref in refs]
-            if all(m is not None for m in modules):
-                undo(*modules)
+        while self._steps:  # popped one by one: a step that raises leaves the rest to undo
+            undo, ref, _check = self._steps.pop()
+            module = ref()
+            if module is not None:
+                undo(module)
 
     def __len__(self) -> int:
         return len(self._steps)

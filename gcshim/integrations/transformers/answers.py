@@ -135,6 +135,9 @@ class Transformers(hooks.Framework):
 
         return AutoModel.from_config(cls())
 
+    def marked(self, module: nn.Module) -> bool:
+        return flags.is_marked(module)
+
     def plain_state(self, state: Dict[str, Any]) -> None:
         flags.plain_state(state)
 
