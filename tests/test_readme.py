@@ -94,3 +94,13 @@ def test_command_runs(command, tmp_path):
         given = words[script_at + (2 if words[script_at] == "-m" else 1):]
         assert f"args {given!r}" in result.stdout
         assert "gcshim: checkpointing " in result.stderr
+
+
+def test_the_demo_installs_what_keeps_torch_quiet():
+    """torch warns "Failed to initialize NumPy" at import where numpy is missing: the demo's
+    install line (and nox -s demo) bring it, through the `demo` extra."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^demo = \["numpy"\]', pyproject, flags=re.M)
+    demo_line = next(code for kind, code in BLOCKS if kind == "bash" and "gcshim demo" in code)
+    assert "'.[demo]'" in demo_line
+    assert '".[demo]"' in (ROOT / "noxfile.py").read_text()
