@@ -234,6 +234,8 @@ class CheckpointedCall:
                         "again", logging.INFO)
             self.last_skip = "nested"
             return wrapped(*args, **kwargs)
+        if not compiling and self._settled():
+            return self._checkpoint_settled(wrapped, module, args, kwargs, tensors, skeleton)
         options = self.options
         probe = None
         if compiling:
@@ -337,6 +339,39 @@ class CheckpointedCall:
         if reentrant:
             output = tree.unflatten(output_skeleton[0], output)
         return output
+
+    def _settled(self) -> bool:
+        """A layer whose first call found nothing to replay or fall back for, with no buffers,
+        state or offload, checkpointed non-reentrant: the usual layer, on a short path."""
+        return (self.probed and self.fallback is None and self.replays_state is None
+                and not self._has_buffers and not self.adapter.module_state
+                and self.offloader is None and not self.options.use_reentrant)
+
+    def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
+                            args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                            tensors: List[torch.Tensor], skeleton: Any) -> Any:
+        """`_checkpoint` for a settled layer: the same call, without the checks and the
+        bookkeeping that cannot apply to it."""
+        count = len(tensors)
+        forward_done = []
+
+        def run(*flat: torch.Tensor) -> Any:
+            recompute = bool(forward_done)
+            try:
+                if not recompute:
+                    forward_done.append(True)
+                    return wrapped(*args, **kwargs)  # the caller's own containers
+                call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
+                with side_effects.RECOMPUTING:
+                    return wrapped(*call_args, **call_kwargs)
+            except Exception as error:
+                if not isinstance(error, CONTROL_FLOW):
+                    add_context(error, f"gcshim: raised in checkpointed layer "
+                                f"{self.where(module)} " + ("while backward recomputed it"
+                                                            if recompute else "in its forward"))
+                raise
+
+        return checkpoint(run, tensors, self.options)
 
     @property
     def mode(self) -> str:
