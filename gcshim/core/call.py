@@ -98,7 +98,7 @@ class CheckpointedCall:
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
                  "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state",
-                 "last_skip", "_policy", "_flags", "_has_buffers")
+                 "last_skip", "_policy", "_flags", "_has_buffers", "_fast")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = "",
@@ -128,6 +128,9 @@ class CheckpointedCall:
         # recompute does not update them again).
         self._policy = adapter.cache_policy
         self._has_buffers = True
+        # set once the first call settles the layer (see _settled): positional calls then
+        # take the shortest path
+        self._fast = False
         if layer is not None:
             self._policy = cache_policy(layer, adapter)
             self._has_buffers = _holds_buffers(layer)
@@ -172,6 +175,10 @@ class CheckpointedCall:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
     ) -> Any:
+        if self._fast and not kwargs and instance.training and torch.is_grad_enabled() \
+                and not self._flagged(instance):
+            self.last_skip = None
+            return self._checkpoint_fast(wrapped, instance, args)
         if not (instance.training and torch.is_grad_enabled()) or (
                 self._flagged(instance) and handing_to(instance, self.adapter) is not None):
             self.last_skip = skip_reason(instance, self.adapter)
@@ -235,6 +242,7 @@ class CheckpointedCall:
             self.last_skip = "nested"
             return wrapped(*args, **kwargs)
         if not compiling and self._settled():
+            self._fast = self._policy != "run-as-is" and not self._cache_in_signature
             return self._checkpoint_settled(wrapped, module, args, kwargs, tensors, skeleton)
         options = self.options
         probe = None
@@ -346,6 +354,39 @@ class CheckpointedCall:
         return (self.probed and self.fallback is None and self.replays_state is None
                 and not self._has_buffers and not self.adapter.module_state
                 and self.offloader is None and not self.options.use_reentrant)
+
+    def _checkpoint_fast(self, wrapped: Callable[..., Any], module: nn.Module,
+                         args: Tuple[Any, ...]) -> Any:
+        """A settled layer called with tensors by position: `_checkpoint`'s work that applies
+        to it, in one frame; anything else goes the long way."""
+        for arg in args:
+            if type(arg) is not torch.Tensor:
+                return self._checkpoint(wrapped, module, args, {})
+        for arg in args:
+            if arg.requires_grad:
+                break
+        else:  # frozen inputs: the long way decides
+            return self._checkpoint(wrapped, module, args, {})
+        if is_compiling() or inside_other_checkpoint():
+            return self._checkpoint(wrapped, module, args, {})
+        forward_done = []
+
+        def run(*flat: torch.Tensor) -> Any:
+            recompute = bool(forward_done)
+            try:
+                if not recompute:
+                    forward_done.append(True)
+                    return wrapped(*args)
+                with side_effects.RECOMPUTING:
+                    return wrapped(*flat)
+            except Exception as error:
+                if not isinstance(error, CONTROL_FLOW):
+                    add_context(error, f"gcshim: raised in checkpointed layer "
+                                f"{self.where(module)} " + ("while backward recomputed it"
+                                                            if recompute else "in its forward"))
+                raise
+
+        return checkpoint(run, args, self.options)
 
     def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
                             args: Tuple[Any, ...], kwargs: Dict[str, Any],
