@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -306,10 +306,7 @@ class CheckpointedCall:
                                 side_effects.maybe(replay[0] if replay else None):
                             output = wrapped(*call_args, **call_kwargs)
             except Exception as error:
-                if not isinstance(error, CONTROL_FLOW):  # torch's own early stop passes as is
-                    add_context(error, f"gcshim: raised in checkpointed layer "
-                                f"{self.where(module)} " + ("while backward recomputed it"
-                                                            if recompute else "in its forward"))
+                self._note_error(error, module, recompute)
                 raise
             if not reentrant:
                 return output
@@ -369,28 +366,11 @@ class CheckpointedCall:
             return self._checkpoint(wrapped, module, args, {})
         if is_compiling() or inside_other_checkpoint():
             return self._checkpoint(wrapped, module, args, {})
-        forward_done = []
-
-        def run(*flat: torch.Tensor) -> Any:
-            recompute = bool(forward_done)
-            try:
-                if not recompute:
-                    forward_done.append(True)
-                    return wrapped(*args)
-                with side_effects.RECOMPUTING:
-                    return wrapped(*flat)
-            except Exception as error:
-                if not isinstance(error, CONTROL_FLOW):
-                    add_context(error, f"gcshim: raised in checkpointed layer "
-                                f"{self.where(module)} " + ("while backward recomputed it"
-                                                            if recompute else "in its forward"))
-                raise
-
-        return checkpoint(run, args, self.options)
+        return self._checkpoint_settled(wrapped, module, args, {}, args, tree.TENSORS_ONLY)
 
     def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
                             args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                            tensors: List[torch.Tensor], skeleton: Any) -> Any:
+                            tensors: Sequence[torch.Tensor], skeleton: Any) -> Any:
         """`_checkpoint` for a settled layer: the same call, without the checks and the
         bookkeeping that cannot apply to it."""
         count = len(tensors)
@@ -406,13 +386,17 @@ class CheckpointedCall:
                 with side_effects.RECOMPUTING:
                     return wrapped(*call_args, **call_kwargs)
             except Exception as error:
-                if not isinstance(error, CONTROL_FLOW):
-                    add_context(error, f"gcshim: raised in checkpointed layer "
-                                f"{self.where(module)} " + ("while backward recomputed it"
-                                                            if recompute else "in its forward"))
+                self._note_error(error, module, recompute)
                 raise
 
         return checkpoint(run, tensors, self.options)
+
+    def _note_error(self, error: Exception, module: nn.Module, recompute: bool) -> None:
+        """Say where a layer's own error passed through gcshim (torch's early-stop exception,
+        which steers the recompute, passes untouched)."""
+        if not isinstance(error, CONTROL_FLOW):
+            add_context(error, f"gcshim: raised in checkpointed layer {self.where(module)} "
+                        + ("while backward recomputed it" if recompute else "in its forward"))
 
     @property
     def mode(self) -> str:

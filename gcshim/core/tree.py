@@ -57,7 +57,7 @@ class _Call:
     __slots__ = ()
 
 
-_TENSORS_ONLY = _Call()
+TENSORS_ONLY = _Call()  # the skeleton of a call of tensors by position only
 
 
 def flatten_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[List[torch.Tensor], Any]:
@@ -67,7 +67,7 @@ def flatten_call(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[List[to
             if type(arg) is not torch.Tensor and type(arg) is not torch.nn.Parameter:
                 break
         else:
-            return list(args), _TENSORS_ONLY
+            return list(args), TENSORS_ONLY
     return flatten((args, kwargs))
 
 
