@@ -53,6 +53,7 @@ _TABLE = "adapter table"
 
 def declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
     """Which of the declared sources the matches came from, in a fixed order."""
+    units = " / ".join(f.unit_source for f in hooks.frameworks())
     found = set()
     for _path, module in matches:
         if has_specific_adapter(module):
@@ -63,9 +64,8 @@ def declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
                     found.add(framework.layer_source)
                     break
             else:
-                found.add(" / ".join(f.unit_source for f in hooks.frameworks()))
-    order = [_TABLE, *(f.layer_source for f in hooks.frameworks()),
-             " / ".join(f.unit_source for f in hooks.frameworks())]
+                found.add(units)
+    order = [_TABLE, *(f.layer_source for f in hooks.frameworks()), units]
     return " + ".join(source for source in order if source in found)
 
 

@@ -82,16 +82,17 @@ def plain_state(state: Dict[str, Any], remembered: Dict[str, Tuple[Any, Any]]) -
     state.pop(HOOK, None)
     forward = state.get("forward")
     if isinstance(forward, CheckpointedForward):
-        _put(state, "forward", forward._self_gcshim_previous)
+        put_in_state(state, "forward", forward._self_gcshim_previous)
     for name, (before, value) in remembered.items():
         if state.get(name, ABSENT) is value:
-            _put(state, name, before)
+            put_in_state(state, name, before)
     for framework in hooks.frameworks():
         framework.plain_state(state)
     return state
 
 
-def _put(state: Dict[str, Any], name: str, value: Any) -> None:
+def put_in_state(state: Dict[str, Any], name: str, value: Any) -> None:
+    """`attrs.put_back` for a module's state dict (ABSENT: the name goes)."""
     if value is ABSENT:
         state.pop(name, None)
     else:

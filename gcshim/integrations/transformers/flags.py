@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from torch import nn
 
 from ...core import plain_copy
-from ...core.attrs import ABSENT, deepcopy_taken, put_back, take
+from ...core.attrs import deepcopy_taken, put_back, take
 from ...core.torch_checkpoint import CheckpointOptions
 
 FLAG = "gradient_checkpointing"
@@ -159,7 +159,4 @@ def plain_state(state: Dict[str, Any]) -> None:
     passthrough = state.get(FUNC)
     if isinstance(passthrough, PassThrough) and passthrough.saved is not None:
         for name, value in passthrough.saved:
-            if value is ABSENT:
-                state.pop(name, None)
-            else:
-                state[name] = value
+            plain_copy.put_in_state(state, name, value)
