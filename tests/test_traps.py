@@ -11,6 +11,7 @@ import torch
 from models import (
     CHECK_RUNS,
     as_transformers_code,
+    assert_exact_and_recomputed,
     assert_same_grads,
     grads_of,
     needs_transformers,
@@ -163,8 +164,7 @@ def test_grad_carrying_tensors_inside_a_dict_keyword(reentrant):
     x = torch.randn(3, 8)  # frozen input: only the dict carries the producer's gradient
     reference = _train_step(copy.deepcopy(model), x)
     gcshim.apply(model, layers=SharedKVLayer, use_reentrant=reentrant)
-    _train_step(model, x)
-    assert_same_grads(reference, model)
+    assert_exact_and_recomputed(model, lambda: _train_step(model, x), reference)
     assert model.layers[0].proj.weight.grad.abs().sum() > 0
 
 
@@ -365,8 +365,7 @@ def test_blocks_whose_inputs_need_no_grad_still_train(reentrant):
     x = torch.randn(4, 8)
     reference = _train_step(copy.deepcopy(model), x)
     gcshim.apply(model, use_reentrant=reentrant)
-    _train_step(model, x)
-    assert_same_grads(reference, model)
+    assert_exact_and_recomputed(model, lambda: _train_step(model, x), reference)
     assert model.blocks[0].fc.weight.grad is not None
 
 
