@@ -276,7 +276,8 @@ def recomputed_modules() -> Iterator[set]:
 
 
 def assert_exact_and_recomputed(model: nn.Module, step: Callable[[], object],
-                                reference: Dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+                                reference: Dict[str, torch.Tensor], atol: float = 1e-5,
+                                rtol: float = 1e-5) -> None:
     """One training `step()` of a gcshim-applied `model`: gcshim patched layers, each of them
     recomputed in backward (its sub-modules ran again), and every gradient equals `reference`
     (grads_of the un-checkpointed model after the same step). A gradient test that would pass
@@ -290,15 +291,15 @@ def assert_exact_and_recomputed(model: nn.Module, step: Callable[[], object],
     not_recomputed = [path for path, module in patched
                       if not any(id(inner) in seen for inner in module.modules())]
     assert not not_recomputed, f"not recomputed in backward: {not_recomputed}"
-    assert_same_grads(reference, model, atol=atol)
+    assert_same_grads(reference, model, atol=atol, rtol=rtol)
 
 
 def assert_same_grads(reference: Dict[str, torch.Tensor], model: nn.Module,
-                      atol: float = 1e-5) -> None:
+                      atol: float = 1e-5, rtol: float = 1e-5) -> None:
     got = grads_of(model)
     assert got.keys() == reference.keys(), (sorted(reference), sorted(got))
     for name, grad in reference.items():
-        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=atol, msg=name)
+        torch.testing.assert_close(got[name], grad, rtol=rtol, atol=atol, msg=name)
 
 
 class Mlp(nn.Module):

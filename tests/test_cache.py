@@ -10,6 +10,8 @@ from models import (
     CacheCallerModel,
     LayerPastBlock,
     PastKeyValueBlock,
+    assert_exact_and_recomputed,
+    grads_of,
     warnings_as_errors,
 )
 
@@ -78,9 +80,16 @@ def test_a_copied_layer_keeps_its_legacy_cache_and_layout(positional, reentrant)
     loss, want = reference(x, output_attentions=True)
     loss.backward()
     gcshim.apply(model, use_reentrant=reentrant)
-    with warnings_as_errors():
+    out = []
+
+    def step():
         loss, caches = model(x, output_attentions=True)
         loss.backward()
+        out.append(caches)
+
+    with warnings_as_errors():
+        assert_exact_and_recomputed(model, step, grads_of(reference))
+    caches = out[0]
     assert [len(cache) for cache in caches] == [2, 2]  # the presents, at index 1
     for got, expected in zip(caches, want):
         torch.testing.assert_close(got[0], expected[0])
