@@ -1,5 +1,6 @@
-"""Behaviour 3: mutable caches are neutralised while checkpointing, once-warned, output arity
-kept; a legacy tuple cache of a layer outside transformers is left as the layer uses it."""
+"""Behaviour 3: a cache that holds something is the layer's input, kept and updated once; an
+empty one is neutralised while checkpointing, output arity kept; a legacy tuple cache of a layer
+outside transformers is left as the layer uses it."""
 
 import warnings
 
@@ -29,12 +30,6 @@ def _layer_past_row():
     gcshim.unregister_adapter(row)
 
 
-def _warns_if(filled, match=None):
-    """A cache holding something is dropped with a warning; an empty one (made because caching
-    is on by default) loses nothing, so nothing is said."""
-    return pytest.warns(GcshimWarning, match=match) if filled else warnings_as_errors()
-
-
 def _run(model, **kwargs):
     loss, caches = model(torch.randn(3, WIDTH), **kwargs)
     loss.backward()
@@ -47,24 +42,34 @@ def _run(model, **kwargs):
 def test_past_key_value_layer(positional, output_attentions, reentrant, filled):
     model = CacheCallerModel(PastKeyValueBlock, positional=positional, filled=filled).train()
     gcshim.apply(model, use_reentrant=reentrant)
-    with _warns_if(filled, "caching is off while PastKeyValueBlock"):
+    with warnings_as_errors():
         caches = _run(model, output_attentions=output_attentions)
     for layer, cache in zip(model.layers, caches):
-        # The caller indexed the cache slot and got back the (untouched) cache it passed in.
-        assert len(cache) == int(filled)
-        # Every call the layer saw while checkpointing had its cache neutralised.
-        assert layer.seen and all(pkv is None and use is False for pkv, use in layer.seen)
+        assert layer.seen
+        if filled:
+            # the layer's input: kept, caching on, appended to once (the recompute's append
+            # is undone), and the caller indexed the cache slot the layer itself returns
+            assert len(cache) == 2
+            assert all(pkv is not None and use is True for pkv, use in layer.seen)
+        else:
+            # only collects for generation: neutralised in every call checkpointing made,
+            # and the caller got back the (untouched) cache it passed in
+            assert len(cache) == 0
+            assert all(pkv is None and use is False for pkv, use in layer.seen)
 
 
 @pytest.mark.parametrize("filled", [False, True], ids=["empty", "filled"])
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
 def test_layer_past_layer_keeps_slot_one(positional, reentrant, filled):
-    """A GPT-2-style layer (4.44) with a table row: caching off, the slot at index 1 kept."""
+    """A GPT-2-style layer (4.44) with a table row: the present at index 1, from the layer
+    itself where its past holds something (kept), else the past passed in (caching off)."""
     model = CacheCallerModel(LayerPastBlock, positional=positional, filled=filled).train()
     gcshim.apply(model, use_reentrant=reentrant)
-    with _warns_if(filled):
+    with warnings_as_errors():
         caches = _run(model, output_attentions=True)
     assert [cache is None for cache in caches] == [not filled] * 2
+    if filled:
+        assert all(len(present) == 2 and present[0].shape == (3, WIDTH) for present in caches)
 
 
 @pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
@@ -104,15 +109,22 @@ def test_without_gcshim_the_caller_gets_real_caches():
 
 
 def test_one_warning_per_layer_class_not_per_step():
-    model = CacheCallerModel(PastKeyValueBlock, layers=3, filled=True).train()
-    other = CacheCallerModel(LayerPastBlock, layers=2, filled=True).train()
-    gcshim.apply(model)
-    gcshim.apply(other)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(4):
-            _run(model)
-            _run(other)
+    rows = [gcshim.register_adapter(gcshim.Adapter(name=f"test run-as-is {name}",
+                                                   classes=(name,), cache_policy="run-as-is"))
+            for name in ("PastKeyValueBlock", "LayerPastBlock")]
+    try:
+        model = CacheCallerModel(PastKeyValueBlock, layers=3, filled=True).train()
+        other = CacheCallerModel(LayerPastBlock, layers=2, filled=True).train()
+        gcshim.apply(model)
+        gcshim.apply(other)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                _run(model)
+                _run(other)
+    finally:
+        for row in rows:
+            gcshim.unregister_adapter(row)
     messages = [str(w.message) for w in caught if w.category is GcshimWarning]
     assert len(messages) == 2
     assert "PastKeyValueBlock" in messages[0] and "LayerPastBlock" in messages[1]

@@ -57,7 +57,7 @@ def test_the_layers_are_flagged_and_the_stack_only_where_transformers_needs_it()
     model = _llama()
     gcshim.apply(model)
     flagged = [path for path, module in model.named_modules()
-               if module.__dict__.get("gradient_checkpointing") is True]
+               if module.__dict__.get("gradient_checkpointing") is hf_flags.ON]
     layers = [f"model.layers.{i}" for i in range(3)]
     # 4.53 to 4.x: the stack's flag turns caching off for the whole stack (see hf_flags)
     stack = ["model"] if (4, 53) <= Version(transformers.__version__).release[:2] < (5, 0) else []
@@ -131,7 +131,7 @@ def test_stacks_are_flagged_too_where_transformers_layers_drop_use_cache(monkeyp
     model = Stack()
     before = dict(vars(model))
     handle = gcshim.apply(model, layers=Layer)
-    assert model.gradient_checkpointing is True
+    assert model.gradient_checkpointing is hf_flags.ON and model.gradient_checkpointing
     assert isinstance(model._gradient_checkpointing_func, hf_flags.PassThrough)
     handle.remove()
     assert vars(model).keys() == before.keys() and model.gradient_checkpointing is False

@@ -96,12 +96,23 @@ def test_use_cache_in_config_trains_without_a_warning():
 
 
 def test_transformers_own_checkpointing_is_not_nested():
+    """gcshim stands by on layers transformers checkpoints (for calls passing a cache that
+    holds something, which transformers would drop): the others stay transformers' alone."""
     model = _llama().train()
     _enable_transformers_checkpointing(model)
     handle = gcshim.apply(model)
-    assert handle.layers == []
+    assert handle.layers == [f"model.layers.{i}" for i in range(len(_layers_of(model)))]
     statuses = {r.status for r in handle.report().rows}
-    assert statuses == {"skipped: transformers' own gradient checkpointing is on"}
+    assert statuses == {"handed to transformers' own gradient checkpointing"}
+    calls = []
+    for layer in _layers_of(model):
+        _first_linear(layer).register_forward_hook(lambda *_, c=calls: c.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _step(model, torch.randint(64, (2, 8)))
+    assert len(calls) == 2 * len(_layers_of(model))  # forward and one recompute, not two
+    handle.remove()
+    assert all(layer.gradient_checkpointing is True for layer in _layers_of(model))
 
 
 def test_other_models_of_the_class_keep_transformers_checkpointing():

@@ -1,9 +1,13 @@
-"""Caches in a checkpointed call: which ones to neutralise, how, and the output's cache slot.
+"""Caches in a checkpointed call: which ones to keep, which to neutralise, how, and the
+output's cache slot.
 
-Generation caches (`use_cache`, `past_key_value(s)`, `layer_past`, `cache`) are set to None and
-the flag to False for the call, as the layer's adapter row names them; where that drops a cache
-slot from a tuple output, the slot is put back with the cache passed in, so callers that index
-``outputs[1]`` keep working.
+A cache argument (`past_key_value(s)`, `layer_past`, `cache`, as the layer's adapter row names
+them) that holds something when the layer is called is one of its inputs: a learned prefix, a
+past, a recurrent state. It is kept; what the call changes in it is put back for the recompute
+(gcshim.core.side_channels). An empty one only collects keys for generation: it is set to None
+and the flag (`use_cache`) to False for the call; where that drops a cache slot from a tuple
+output, the slot is put back with the cache passed in, so callers that index ``outputs[1]``
+keep working.
 """
 
 from __future__ import annotations
@@ -53,6 +57,38 @@ def holds_content(cache: Any) -> bool:
         except Exception:  # a cache type that cannot say: take it as holding something
             return True
     return True
+
+
+def holds_input(
+    adapter: Adapter, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> bool:
+    """Whether a cache argument of this call holds something: then it is the layer's input
+    (a learned prefix, a past, a recurrent state), kept as it is; an empty one is neutralised."""
+    return any(holds_content(signature.locate(name, args, kwargs)[1])
+               for name in adapter.cache_args)
+
+
+def kinds(
+    adapter: Adapter, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> str:
+    """The cache arguments of this call that hold something, with their types (for errors)."""
+    found = []
+    for name in adapter.cache_args:
+        value = signature.locate(name, args, kwargs)[1]
+        if holds_content(value):
+            found.append(f"{name}: {type(value).__module__}.{type(value).__qualname__}")
+    return ", ".join(found)
+
+
+def input_needs_grad(
+    adapter: Adapter, signature: Signature, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+) -> bool:
+    """Whether a cache argument of this call holds a tensor that requires grad (a learned
+    prefix: the layer is not frozen even where its other inputs and parameters are)."""
+    from .side_channels import tensors_in
+
+    return any(tensor.requires_grad for name in adapter.cache_args
+               for tensor in tensors_in(signature.locate(name, args, kwargs)[1], modules=True))
 
 
 @dataclass(frozen=True)

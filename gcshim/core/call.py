@@ -26,9 +26,8 @@ from .torch_checkpoint import (
 )
 
 
-def skip_reason(module: nn.Module, adapter: Adapter) -> Optional[str]:
-    """Why this call is not checkpointed (a key of SKIPPED), or None: checkpoint it. Only when a
-    backward will follow and nobody else checkpoints this layer."""
+def skip_reason(module: nn.Module) -> Optional[str]:
+    """Why this call is not checkpointed for lack of a backward (a key of SKIPPED), or None."""
     if not module.training:
         if torch.is_grad_enabled():
             notice_once("eval-grad", f"gcshim: {type(module).__qualname__} runs forward in eval "
@@ -36,12 +35,7 @@ def skip_reason(module: nn.Module, adapter: Adapter) -> Optional[str]:
                         "this step keeps every activation (call model.train() to checkpoint)",
                         logging.INFO)
         return "eval"
-    if not torch.is_grad_enabled():
-        return "no-grad"
-    # a framework's own checkpointing switched on after apply(): let it do the work, once
-    if handing_to(module, adapter) is not None:
-        return "framework"
-    return None
+    return None if torch.is_grad_enabled() else "no-grad"
 
 
 def handing_to(module: nn.Module, adapter: Adapter) -> Optional[hooks.Framework]:
@@ -119,7 +113,8 @@ class CheckpointedCall:
         self.probed = False
         self.fallback: Optional[str] = None
         self.replays_state: Optional[str] = None
-        # why the latest call was not checkpointed (a key of SKIPPED), None if it was
+        # why the latest call was not checkpointed (a key of SKIPPED), None if it was; "took
+        # over": gcshim checkpointed it though a framework checkpoints the layer's others
         self.last_skip: Optional[str] = None
         # the attributes a framework sets where its own checkpointing may take calls over
         self._flags = tuple(f.call_flag for f in hooks.frameworks() if f.call_flag)
@@ -138,9 +133,9 @@ class CheckpointedCall:
     def status(self, module: nn.Module) -> str:
         """What happened at the layer's last call, for the report."""
         framework = handing_to(module, self.adapter)  # known now, called or not
-        if framework is not None:
+        if framework is not None and self.last_skip != "took over":
             return f"handed to {framework.own_checkpointing}"
-        return SKIPPED[self.last_skip] if self.last_skip is not None else "checkpointed"
+        return SKIPPED.get(self.last_skip, "checkpointed") if self.last_skip else "checkpointed"
 
     def where(self, module: nn.Module) -> str:
         name = type(module).__qualname__
@@ -179,11 +174,23 @@ class CheckpointedCall:
                 and not self._flagged(instance):
             self.last_skip = None
             return self._checkpoint_fast(wrapped, instance, args)
-        if not (instance.training and torch.is_grad_enabled()) or (
-                self._flagged(instance) and handing_to(instance, self.adapter) is not None):
-            self.last_skip = skip_reason(instance, self.adapter)
+        if not (instance.training and torch.is_grad_enabled()):
+            self.last_skip = skip_reason(instance)
+            return wrapped(*args, **kwargs)
+        # a cache the caller filled (a learned prefix, a past, a recurrent state) is an input:
+        # kept, and what the call changes in it put back for the recompute (a framework's own
+        # checkpointing would drop it, so gcshim takes such calls)
+        keeps_cache = self._may_carry_cache(kwargs) and caches.holds_input(
+            self.adapter, self.signature, args, kwargs)
+        if not keeps_cache and self._flagged(instance) and handing_to(
+                instance, self.adapter) is not None:
+            self.last_skip = "framework"
             return wrapped(*args, **kwargs)
         self.last_skip = None
+        if keeps_cache and self._policy != "run-as-is":
+            if self._flagged(instance) and handing_to(instance, self.adapter) is not None:
+                self.last_skip = "took over"  # from the framework, for this call
+            return self._checkpoint(wrapped, instance, args, kwargs, keeps_cache=True)
         policy = self._policy
         if policy == "keep" or (policy == "neutralise" and not self._may_carry_cache(kwargs)):
             return self._checkpoint(wrapped, instance, args, kwargs)  # no cache in this call
@@ -199,19 +206,9 @@ class CheckpointedCall:
             return wrapped(*args, **kwargs)
         edit = None
         if self._may_carry_cache(kwargs) and not self._keeps_legacy_cache(instance, args, kwargs):
+            # an empty cache (made because use_cache is on) only collects for generation
             args, kwargs, edit = caches.neutralise_caches(self.adapter, self.signature, args,
                                                           kwargs)
-        if edit is not None and any(caches.holds_content(edit.argument(name))
-                                    for name in self.adapter.cache_args):
-            # only where the caller passed a cache with something in it: an empty one that
-            # config.use_cache made in a training step loses nothing
-            layer = type(instance).__qualname__
-            warn_once(
-                f"cache:{type(instance).__module__}.{layer}",
-                f"gcshim: caching is off while {layer} is checkpointed "
-                f"({', '.join(edit.changed)}); a cache slot in its output returns the cache "
-                "passed in, not updated. Shown once per layer class.",
-            )
         output = self._checkpoint(wrapped, instance, args, kwargs)
         if edit is None or not caches.returns_cache(type(instance)):
             return output
@@ -223,6 +220,7 @@ class CheckpointedCall:
         module: nn.Module,
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
+        keeps_cache: bool = False,
     ) -> Any:
         tensors, skeleton = tree.flatten_call(args, kwargs)
         input_needs = False
@@ -230,6 +228,8 @@ class CheckpointedCall:
             if tensor.requires_grad:
                 input_needs = True
                 break
+        if not input_needs and keeps_cache:
+            input_needs = caches.input_needs_grad(self.adapter, self.signature, args, kwargs)
         if not input_needs and not any(p.requires_grad for p in module.parameters()):
             # frozen layer, frozen inputs: nothing would be saved
             self.last_skip = "frozen"
@@ -241,7 +241,7 @@ class CheckpointedCall:
                         "again", logging.INFO)
             self.last_skip = "nested"
             return wrapped(*args, **kwargs)
-        if not compiling and self._settled():
+        if not compiling and not keeps_cache and self._settled():
             self._fast = self._policy != "run-as-is" and not self._cache_in_signature
             return self._checkpoint_settled(wrapped, module, args, kwargs, tensors, skeleton)
         options = self.options
@@ -250,10 +250,18 @@ class CheckpointedCall:
             # torch.compile cannot trace reentrant checkpointing (graph breaks around every
             # layer); non-reentrant gives the same gradients. No warning: one would be traced.
             options = self.non_reentrant
-        elif not self.probed or self.replays_state is not None:
+        elif not self.probed or self.replays_state is not None or keeps_cache:
             # what the call can reach, so that what it changes is put back for its recompute
             probe = side_channels.Probe(module, args, kwargs, tensors,
-                                        self.signature.positions)
+                                        self.signature.positions,
+                                        self.adapter.cache_args if keeps_cache else ())
+            if probe.cut is not None:
+                raise SideChannelError(
+                    f"gcshim: layer {self.where(module)} is passed a cache that holds something "
+                    f"({caches.kinds(self.adapter, self.signature, args, kwargs)}), too large "
+                    f"or deep for gcshim to put back what the call changes in it (it stopped "
+                    f"at {probe.cut}); the recompute would not see what the forward saw. Pass "
+                    "the layer no cache while training, or leave it out of `layers`.")
         if not compiling and (not self.probed or self.fallback is not None):
             # the first call keeps every graph (non-reentrant), whatever leaves the layer
             options = self.non_reentrant
@@ -270,6 +278,10 @@ class CheckpointedCall:
         reentrant = options.use_reentrant
         replay: List[side_channels.Replay] = []  # what to put back: known once the forward ran
         count = len(tensors)
+        # a kept cache's tensors, in and out of reentrant checkpointing (see side_channels.Route)
+        route = probe.route() if reentrant and keeps_cache and probe is not None else None
+        if route is not None:
+            tensors = [*tensors, *route.tensors]
         output_skeleton = []
         state_names = self.adapter.module_state
         state_before = side_effects.snapshot_state(module, state_names) if state_names else []
@@ -284,6 +296,7 @@ class CheckpointedCall:
                 return wrapped(*call_args, **call_kwargs)
             recompute = bool(first_forward)
             try:
+                written: List[torch.Tensor] = []
                 if not recompute:
                     # the forward gets the caller's own containers: a dict or list the layer
                     # writes into is theirs, for later layers to read
@@ -294,6 +307,8 @@ class CheckpointedCall:
                     else:
                         output = wrapped(*args, **kwargs)
                         first_forward.append(())
+                    if route is not None:
+                        written = route.written()
                 else:  # the recompute: the containers as they were before the forward
                     call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                     if not first_forward[0] and not state_before and not replay:  # the usual
@@ -303,8 +318,12 @@ class CheckpointedCall:
                         with side_effects.RECOMPUTING, \
                                 side_effects.buffers_kept(first_forward[0]), \
                                 side_effects.state_replayed(module, state_names, state_before), \
-                                side_effects.maybe(replay[0] if replay else None):
+                                side_effects.maybe(replay[0] if replay else None), \
+                                side_effects.maybe(route and route.reading(
+                                    flat[count:count + len(route.inputs)])):
                             output = wrapped(*call_args, **call_kwargs)
+                            if route is not None:
+                                written = route.written()
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
@@ -312,8 +331,8 @@ class CheckpointedCall:
                 return output
             # Reentrant checkpoint only connects top-level tensor outputs to autograd.
             out_tensors, out_skeleton = tree.flatten(output)
-            output_skeleton[:] = [out_skeleton]
-            return tuple(out_tensors)
+            output_skeleton[:] = [out_skeleton, len(out_tensors)]
+            return (*out_tensors, *written)
 
         trial = None
         if probe is not None and not self.probed and self.options.use_reentrant:
@@ -342,7 +361,10 @@ class CheckpointedCall:
             if changed is not None:
                 replay.append(changed)
         if reentrant:
-            output = tree.unflatten(output_skeleton[0], output)
+            out_skeleton, out_count = output_skeleton
+            if route is not None:
+                route.write_back(output[out_count:])
+            output = tree.unflatten(out_skeleton, output[:out_count])
         return output
 
     def _settled(self) -> bool:
@@ -417,7 +439,11 @@ class CheckpointedCall:
     def _settle(self, module: nn.Module, findings: List[side_channels.Finding]) -> None:
         """Decide, from the first call's findings, how this layer is checkpointed from now on."""
         self.probed = True
-        state = [str(f) for f in findings if not f.loses_gradient]
+        state = [str(f) for f in findings if not f.loses_gradient and not f.in_cache]
+        if any(f.in_cache for f in findings):
+            state.insert(0, "keeps in the cache it is passed (a learned prefix, a past, a "
+                         "recurrent state)" + (", carried in and out of the reentrant "
+                                               "checkpoint" if self.options.use_reentrant else ""))
         if state:
             self.replays_state = "; ".join(state)
         escapes = [f for f in findings if f.loses_gradient]

@@ -50,6 +50,11 @@ class Framework:
         layer's parent up to the root."""
         return True, []
 
+    def stands_by(self, module: nn.Module, adapter: Adapter) -> bool:
+        """For a layer left to the framework: patch it anyway, so that the calls its own
+        checkpointing cannot do (with a cache that holds something) are gcshim's."""
+        return False
+
     # -- patching -----------------------------------------------------------------------------
     def on_patched(self, layer: nn.Module, owner: nn.Module, options: CheckpointOptions,
                    adapter: Adapter, undo: UndoLog) -> Optional[Any]:

@@ -146,7 +146,11 @@ def select(model: nn.Module, layers: object) -> Selection:
         reason, framework = _covering_reason(path, reasons)
         if framework is not None:  # the framework checkpoints it: leave it, or take it over
             above = [modules[p] for p in _ancestry(path)[1:]]
-            keep, flagged = framework.take_over(path, module, above, find_adapter(module))
+            adapter = find_adapter(module)
+            keep, flagged = framework.take_over(path, module, above, adapter)
+            if keep and framework.stands_by(module, adapter):
+                selection.chosen.append((path, module))  # the framework's, but for some calls
+                continue
             if not keep:
                 reason = None
                 selection.switch_off.extend((framework, m) for m in flagged

@@ -23,9 +23,10 @@ bounded (depth and count). Later calls take one only for layers the first found 
 
 from __future__ import annotations
 
+import contextlib
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
@@ -69,6 +70,7 @@ class _Watched:
     where: str  # how a user finds it: "argument 'cache'", "attribute mlp."
     container: Any
     items: List[Tuple[Any, Any]]  # what it held before the call (which keeps their ids unique)
+    in_cache: bool = False  # reached from a kept cache argument (see Route)
 
     def changed(self) -> List[Tuple[Any, Any]]:
         """The (key, value) pairs the call added or replaced."""
@@ -80,61 +82,84 @@ class _Watched:
         return len(_items(self.container) or ()) < len(self.items)
 
 
+@dataclass
+class _Held:
+    """A tensor held inside an object (out of checkpoint's sight), and where it sits."""
+
+    where: str
+    tensor: torch.Tensor
+    version: int
+    container: Any  # None inside a tuple: it cannot be swapped
+    key: Any
+    in_cache: bool
+
+
 class _Walk:
     """Containers and tensors reachable from some roots, each visited once."""
 
     def __init__(self, skip: Set[int]) -> None:
         self.seen: Set[int] = set(skip)
         self.containers: List[_Watched] = []
-        self.tensors: List[Tuple[str, torch.Tensor]] = []  # tensors held inside objects
+        self.tensors: List[_Held] = []  # tensors held inside objects
+        self.cut: Optional[str] = None  # where the walk stopped short inside a kept cache
 
-    def watch(self, where: str, node: Any, items: List[Tuple[Any, Any]]) -> None:
-        self.containers.append(_Watched(where, node, items))
+    def watch(self, where: str, node: Any, items: List[Tuple[Any, Any]],
+              in_cache: bool = False) -> None:
+        self.containers.append(_Watched(where, node, items, in_cache))
 
-    def visit(self, where: str, node: Any, depth: int = 0, inside_object: bool = False) -> None:
-        if isinstance(node, _INERT) or id(node) in self.seen or len(self.seen) > _MAX_NODES:
+    def visit(self, where: str, node: Any, depth: int = 0, inside_object: bool = False,
+              in_cache: bool = False, parent: Any = None, key: Any = None) -> None:
+        if isinstance(node, _INERT) or id(node) in self.seen:
+            return
+        if len(self.seen) > _MAX_NODES or (depth > _MAX_DEPTH and not isinstance(
+                node, torch.Tensor) and (in_cache or not isinstance(node, nn.Module))):
+            if in_cache and self.cut is None:
+                self.cut = where  # a kept cache must be seen whole to be put back exactly
             return
         self.seen.add(id(node))
         if isinstance(node, torch.Tensor):
             if inside_object:
-                self.tensors.append((where, node))
+                self.tensors.append(_Held(where, node, _version(node), parent, key, in_cache))
             return
-        if isinstance(node, nn.Module) or depth > _MAX_DEPTH:
+        if isinstance(node, nn.Module) and not in_cache:  # a cache is one on 4.42-4.4x
             return
         items = _items(node)
+        container = node
         if items is not None:
-            self.watch(where, node, items)
+            self.watch(where, node, items, in_cache)
         elif isinstance(node, tuple):
-            items = list(enumerate(node))
+            items, container = list(enumerate(node)), None
         else:
             return
         # tensors in plain tuples, lists and dicts are checkpoint inputs (torch watches those);
         # inside any other object they are out of checkpoint's sight
         opaque = inside_object or not isinstance(node, (tuple, list, dict))
-        for key, child in items:
-            step = f".{key}" if opaque and isinstance(key, str) else f"[{key!r}]"
-            self.visit(where + step, child, depth + 1, opaque)
+        for item_key, child in items:
+            step = f".{item_key}" if opaque and isinstance(item_key, str) else f"[{item_key!r}]"
+            self.visit(where + step, child, depth + 1, opaque, in_cache, container, item_key)
 
 
-def _tensors_in(node: Any, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Tensors in a value written somewhere (bounded, the way `_Walk` goes)."""
+def tensors_in(node: Any, depth: int = 0, modules: bool = False) -> Iterator[torch.Tensor]:
+    """Tensors in a value written somewhere (bounded, the way `_Walk` goes); `modules`: into
+    modules too (a cache is one on transformers 4.42-4.4x)."""
     if isinstance(node, torch.Tensor):
         yield node
         return
-    if isinstance(node, (_INERT, nn.Module)) or depth > _MAX_DEPTH:
+    if isinstance(node, _INERT) or (isinstance(node, nn.Module) and not modules) \
+            or depth > _MAX_DEPTH:
         return
     items = _items(node) if not isinstance(node, tuple) else list(enumerate(node))
     for _key, child in items or ():
-        yield from _tensors_in(child, depth + 1)
+        yield from tensors_in(child, depth + 1, modules)
 
 
 def _argument_roots(args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                    names: Dict[int, str]) -> Iterator[Tuple[str, Any]]:
+                    names: Dict[int, str]) -> Iterator[Tuple[str, Optional[str], Any]]:
     for index, value in enumerate(args):
         name = names.get(index)
-        yield (f"argument {name!r}" if name else f"positional argument {index}"), value
+        yield (f"argument {name!r}" if name else f"positional argument {index}"), name, value
     for name, value in kwargs.items():
-        yield f"argument {name!r}", value
+        yield f"argument {name!r}", name, value
 
 
 @dataclass(frozen=True)
@@ -143,11 +168,14 @@ class Finding:
     # state", "state" (the recompute would start from what the forward left: replayed)
     kind: str
     where: str
+    # inside a kept cache: put back for the recompute, and carried through reentrant
+    # checkpointing by a Route
+    in_cache: bool = False
 
     @property
     def loses_gradient(self) -> bool:
         """Whether reentrant checkpointing would give other gradients (non-reentrant does not)."""
-        return self.kind in ("escape", "hidden input", "grad mode")
+        return self.kind in ("escape", "hidden input", "grad mode") and not self.in_cache
 
     def __str__(self) -> str:
         if self.kind == "escape":
@@ -220,40 +248,47 @@ class Probe:
     """
 
     def __init__(self, layer: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                 inputs: List[torch.Tensor], positions: Dict[str, int]) -> None:
+                 inputs: List[torch.Tensor], positions: Dict[str, int],
+                 kept_caches: Tuple[str, ...] = ()) -> None:
         walk = _Walk({id(t) for t in inputs})
         names = {index: name for name, index in positions.items()}
-        for where, root in _argument_roots(args, kwargs, names):
-            walk.visit(where, root)
+        for where, name, root in _argument_roots(args, kwargs, names):
+            walk.visit(where, root, in_cache=name in kept_caches)
         for path, module in layer.named_modules():
             items = _items(module) or []
             walk.watch(f"attribute {path + '.' if path else ''}", module, items)
             for key, value in items:  # containers the layer keeps (a list it appends to)
                 walk.visit(f"attribute {path + '.' if path else ''}{key}", value, 1)
         self._containers = walk.containers
-        self._held = [(where, tensor, _version(tensor)) for where, tensor in walk.tensors
-                      if not where.startswith("attribute ")]
+        self.cut = walk.cut
+        self._held = [held for held in walk.tensors if not held.where.startswith("attribute ")]
         with torch.no_grad():
-            self._copies = [tensor.detach().clone() for _where, tensor, _v in self._held]
+            self._copies = [held.tensor.detach().clone() for held in self._held]
 
-    def _written(self) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-        return [(where, tensor, copy) for (where, tensor, version), copy
-                in zip(self._held, self._copies) if _version(tensor) != version]
+    def _written_held(self) -> List[Tuple[_Held, torch.Tensor]]:
+        """The held tensors the call wrote in place, each with its value before."""
+        return [(held, copy) for held, copy in zip(self._held, self._copies)
+                if _version(held.tensor) != held.version]
 
     def findings(self) -> List[Finding]:
         found: List[Finding] = []
         for watched in self._containers:
             changed = watched.changed()
-            escaped = next((key for key, value in changed
-                            if any(t.requires_grad for t in _tensors_in(value))), None)
-            if escaped is not None:
-                found.append(Finding("escape", _describe(watched, escaped)))
+            escaped = [(key, value) for key, value in changed
+                       if any(t.requires_grad for t in tensors_in(value))]
+            if escaped:
+                # a tensor written into a kept cache comes out of a Route as an output
+                routed = watched.in_cache and all(
+                    isinstance(value, torch.Tensor) for _key, value in escaped)
+                found.append(Finding("escape", _describe(watched, escaped[0][0]), routed))
             elif changed or watched.shrank():
                 key = changed[0][0] if changed else None
-                found.append(Finding("state", _describe(watched, key)))
-        found += [Finding("in-place state", where) for where, _t, _c in self._written()]
-        found += [Finding("hidden input", where) for where, tensor, _v in self._held
-                  if tensor.requires_grad]
+                found.append(Finding("state", _describe(watched, key), watched.in_cache))
+        found += [Finding("in-place state", held.where, held.in_cache)
+                  for held, _copy in self._written_held()]
+        found += [Finding("hidden input", held.where,
+                          held.in_cache and held.container is not None)
+                  for held in self._held if held.tensor.requires_grad]
         return found
 
     def undo(self) -> None:
@@ -261,14 +296,83 @@ class Probe:
         changed = self.replay()
         if changed is not None:
             changed.__enter__()  # the state before the call; what the call left is dropped
-        self._held = [(where, tensor, _version(tensor)) for where, tensor, _v in self._held]
+        for held in self._held:
+            held.version = _version(held.tensor)
+
+    def route(self) -> Route:
+        """How this call's kept caches travel through reentrant checkpointing."""
+        return Route([held for held in self._held if held.in_cache and held.tensor.requires_grad
+                      and held.container is not None],
+                     [watched for watched in self._containers if watched.in_cache])
 
     def replay(self) -> Optional[Replay]:
         """What the call changed, to put back for its recompute (None: it changed nothing)."""
-        tensors = [(tensor, copy) for _where, tensor, copy in self._written()]
+        tensors = [(held.tensor, copy) for held, copy in self._written_held()]
         containers = [(w.container, w.items) for w in self._containers
                       if w.changed() or w.shrank()]
         return Replay(tensors, containers) if tensors or containers else None
+
+
+def _put(container: Any, key: Any, value: Any) -> None:
+    if isinstance(container, (dict, list)):
+        container[key] = value
+    else:
+        vars(container)[key] = value
+
+
+class Route:
+    """A kept cache through reentrant checkpointing, whose forward runs without grad.
+
+    The tensors the cache holds that need a gradient (a learned prefix) go in as checkpoint
+    inputs: the recompute reads the checkpoint's copies of them, so their gradients come back
+    through the checkpoint. The tensors the call writes into the cache (keys and values with
+    the new positions) come out as checkpoint outputs and are written back in their place, so
+    the cache holds them with their graph, as after an un-checkpointed call.
+    """
+
+    __slots__ = ("inputs", "_watched", "_written", "_reading")
+
+    def __init__(self, inputs: List[_Held], watched: List[_Watched]) -> None:
+        self.inputs = inputs
+        self._watched = watched
+        self._written: List[Tuple[Any, Any]] = []  # (container, key) of the forward's writes
+        self._reading: Set[int] = set()  # ids of the copies `reading` put in: not writes
+
+    @property
+    def tensors(self) -> List[torch.Tensor]:
+        return [held.tensor for held in self.inputs]
+
+    @contextlib.contextmanager
+    def reading(self, copies: Sequence[torch.Tensor]) -> Iterator[None]:
+        """The recompute reads `copies` (the checkpoint's) where the cache holds its inputs."""
+        self._reading = {id(copy) for copy in copies}
+        for held, copy in zip(self.inputs, copies):
+            _put(held.container, held.key, copy)
+        try:
+            yield
+        finally:
+            for held in self.inputs:
+                _put(held.container, held.key, held.tensor)
+            self._reading = set()
+
+    def written(self) -> List[torch.Tensor]:
+        """The tensors the call just wrote into the cache, in a fixed order (the forward's and
+        the recompute's must line up)."""
+        found = [(watched.container, key, value) for watched in self._watched
+                 for key, value in watched.changed()
+                 if isinstance(value, torch.Tensor) and id(value) not in self._reading]
+        places = [(container, key) for container, key, _value in found]
+        if not self._written:
+            self._written = places
+        elif [(id(c), k) for c, k in places] != [(id(c), k) for c, k in self._written]:
+            raise RuntimeError("gcshim: the recompute wrote other cache entries than the "
+                               "forward did; checkpoint this layer with use_reentrant=False")
+        return [value for _container, _key, value in found]
+
+    def write_back(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Put the checkpoint's outputs (with their graph) where the forward wrote."""
+        for (container, key), tensor in zip(self._written, tensors):
+            _put(container, key, tensor)
 
 
 def _describe(watched: _Watched, key: Any) -> str:

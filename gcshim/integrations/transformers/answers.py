@@ -13,12 +13,21 @@ from torch import nn
 
 from ...adapters import Adapter, versions
 from ...core import hooks
+from ...core.patching import patched_forward
+from ...core.signature import Signature
 from ...core.torch_checkpoint import CheckpointOptions
 from ...core.undo import UndoLog
 from . import flags
 from .flags import defined_in_transformers
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+
+
+def _stand_by(module: nn.Module, undo: UndoLog) -> None:
+    """transformers' own flag on `module` becomes a Flag (false to code passing a cache that
+    holds something); back to True on undo, unless changed since."""
+    flags.stand_by(module)
+    undo.record(flags.stand_down, module)
 
 
 class Transformers(hooks.Framework):
@@ -62,8 +71,15 @@ class Transformers(hooks.Framework):
         # its branch would still run: switch transformers' flag off there
         return False, [m for m in chain if flags.transformers_checkpoints(m)]
 
+    def stands_by(self, module: nn.Module, adapter: Adapter) -> bool:
+        # transformers drops a cache that holds something (a learned prefix) from the calls it
+        # checkpoints; gcshim takes those calls (see flags.Flag)
+        return Signature.of(module.forward).mentions_any(adapter.cache_args)
+
     def on_patched(self, layer: nn.Module, owner: nn.Module, options: CheckpointOptions,
                    adapter: Adapter, undo: UndoLog) -> Optional[Any]:
+        if flags.transformers_checkpoints(layer):  # stands by: on_applied sees to its flag
+            return None
         # transformers' own layer branch would null a cache the row says must stay: no flag
         if adapter.cache_policy != "neutralise" or not flags.should_mark(layer, owner):
             return None
@@ -78,6 +94,16 @@ class Transformers(hooks.Framework):
         for stack in flags.stacks_to_mark(model, marked):
             saved = flags.mark(stack, options)
             undo.record(lambda marked, saved=saved: flags.unmark(marked, saved), stack)
+        # Where transformers checkpoints a layer gcshim has patched (or the stack above it,
+        # before 4.52), calls that pass a cache holding something go to gcshim's wrapper
+        # uncheckpointed, for gcshim to take them with the cache kept (see flags.Flag).
+        patched = [path for path, module in model.named_modules()
+                   if patched_forward(module) is not None]
+        for path, module in model.named_modules():
+            if vars(module).get(flags.FLAG) is True and flags.transformers_checkpoints(module) \
+                    and any(inner == path or inner.startswith(path + ".") or not path
+                            for inner in patched):
+                _stand_by(module, undo)
 
     def switch_off(self, modules: Sequence[nn.Module], undo: UndoLog) -> None:
         for module in modules:

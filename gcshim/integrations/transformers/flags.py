@@ -15,13 +15,16 @@ transformers is never imported here: models are recognised by their attributes.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from ...adapters import CACHE_ARGS
 from ...core import plain_copy
 from ...core.attrs import deepcopy_taken, put_back, take
-from ...core.torch_checkpoint import CheckpointOptions
+from ...core.caches import holds_content
+from ...core.torch_checkpoint import CheckpointOptions, is_compiling
 
 FLAG = "gradient_checkpointing"
 FUNC = "_gradient_checkpointing_func"
@@ -58,6 +61,45 @@ class PassThrough:
         return functools.partial(checkpoint, **self.options.as_kwargs()).__reduce__()
 
 
+def _passes_filled_cache(frame: Any) -> bool:
+    """Whether the code reading a flag in `frame` has a cache holding something to pass on (a
+    local of a cache argument's name, or one in its `kwargs`)."""
+    local = frame.f_locals
+    found = [local.get(name) for name in CACHE_ARGS]
+    passed = local.get("kwargs")
+    if type(passed) is dict:
+        found += [passed.get(name) for name in CACHE_ARGS]
+    return any(holds_content(cache) for cache in found if cache is not None)
+
+
+class Flag:
+    """gcshim's value for a layer's `gradient_checkpointing` flag: true, except to code about
+    to pass a cache holding something (a learned prefix, a past, a recurrent state).
+
+    transformers drops the caches of a flagged layer's call (``GradientCheckpointingLayer``,
+    4.53+) and checkpoints the calls of flagged stacks with its own caching off (before); a
+    filled cache is the layer's input, and dropping it changes what the layer computes. Read
+    as false there, the layer runs as it is and gcshim's wrapper checkpoints it, cache kept.
+    Everywhere else (``model.is_gradient_checkpointing``, Trainer, PEFT) it reads true.
+    """
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        if is_compiling():  # traced: no frames to read (a compiled step drops such a cache)
+            return True
+        return not _passes_filled_cache(sys._getframe(1))
+
+    def __repr__(self) -> str:
+        return "gcshim.Flag(True)"
+
+    def __reduce__(self) -> Any:
+        return (bool, (True,))  # a saved model loads where gcshim is absent: plain True
+
+
+ON = Flag()
+
+
 def is_transformers_model(module: nn.Module) -> bool:
     """A transformers PreTrainedModel (read from the class, so no deprecated property runs)."""
     return any("is_gradient_checkpointing" in vars(klass) for klass in type(module).__mro__)
@@ -80,7 +122,7 @@ def transformers_checkpoints(module: nn.Module) -> bool:
     """Whether transformers' own checkpointing is switched on for this module (not by gcshim)."""
     # Looked up without nn.Module.__getattr__ (it raises for a missing name): on every call.
     flag = module.__dict__.get(FLAG, getattr(type(module), FLAG, False))
-    if flag is not True:
+    if flag is not True and flag is not ON:
         return False
     return not isinstance(getattr(module, FUNC, None), PassThrough)
 
@@ -95,7 +137,7 @@ def mark(layer: nn.Module, options: CheckpointOptions) -> Saved:
     saved = [(name, take(layer, name)) for name in (FLAG, FUNC)]
     plain_copy.hook_of(layer)  # first: a copy made at any point after this is plain
     layer.__dict__[FUNC] = PassThrough(options, saved)
-    layer.__dict__[FLAG] = True
+    layer.__dict__[FLAG] = ON
     return saved
 
 
@@ -132,6 +174,17 @@ def stacks_to_mark(model: nn.Module, layer_paths: List[str]) -> List[nn.Module]:
             if has_flag and above not in stacks and not transformers_checkpoints(above):
                 stacks.append(above)
     return stacks
+
+
+def stand_by(module: nn.Module) -> None:
+    """transformers' own flag (True) on `module` becomes ON: its checkpointing stays, except
+    for calls passing a cache that holds something, which gcshim's wrapper takes."""
+    module.__dict__[FLAG] = ON
+
+
+def stand_down(module: nn.Module) -> None:
+    if module.__dict__.get(FLAG) is ON:
+        module.__dict__[FLAG] = True
 
 
 def is_marked(module: nn.Module) -> bool:
