@@ -548,6 +548,36 @@ def passed(result: Dict[str, Any]) -> bool:
             and result["runs"] == [expected_runs(result)] * LAYERS and peak_ok)
 
 
+def releases() -> List[str]:
+    """The other transformers releases to run on: pip --target installs (tests/conftest.py)."""
+    import os
+
+    paths = [os.environ.get("GCSHIM_OLD_TRANSFORMERS", "")]
+    paths += os.environ.get("GCSHIM_MORE_TRANSFORMERS", "").split(os.pathsep)
+    return [path for path in paths if path]
+
+
+def run_script(command: List[str], pythonpath: str = "", entries: Optional[str] = None
+               ) -> List[Dict[str, Any]]:
+    """Run a corpus script in a subprocess (a release in front of the venv's packages): its
+    JSON lines."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(root)) if p),
+               PYTHONWARNINGS="ignore")
+    if entries:
+        env["DOWNSTREAM_ENTRIES"] = entries
+    env.pop("GCSHIM_DISABLE", None)
+    done = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True,
+                          timeout=900)
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert results, done.stderr[-3000:]
+    return results
+
+
 def main(argv: List[str]) -> None:
     """Patterns named in argv (default all), through the entries in $DOWNSTREAM_ENTRIES."""
     import os

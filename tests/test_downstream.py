@@ -5,9 +5,6 @@ subprocess), and under `python -m gcshim run`."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +16,6 @@ pytest.importorskip("peft")
 import downstream  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 @pytest.mark.parametrize("entry", downstream.ENTRIES)
@@ -29,31 +25,13 @@ def test_pattern_on_the_installed_transformers(pattern, entry):
     assert downstream.passed(result), result
 
 
-def _releases():
-    paths = [os.environ.get("GCSHIM_OLD_TRANSFORMERS", "")]
-    paths += os.environ.get("GCSHIM_MORE_TRANSFORMERS", "").split(os.pathsep)
-    return [path for path in paths if path]
-
-
-def _run(command, pythonpath="", entries=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p),
-               PYTHONWARNINGS="ignore")
-    if entries:
-        env["DOWNSTREAM_ENTRIES"] = entries
-    env.pop("GCSHIM_DISABLE", None)
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert results, done.stderr[-3000:]
-    return results
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _releases(), reason="set GCSHIM_OLD_TRANSFORMERS or "
+@pytest.mark.skipif(not downstream.releases(), reason="set GCSHIM_OLD_TRANSFORMERS or "
                     "GCSHIM_MORE_TRANSFORMERS to pip --target installs of other releases")
-@pytest.mark.parametrize("target", _releases())
+@pytest.mark.parametrize("target", downstream.releases())
 def test_patterns_on_other_releases(target):
-    results = _run([sys.executable, str(HERE / "downstream.py")], pythonpath=target)
+    results = downstream.run_script([sys.executable, str(HERE / "downstream.py")],
+                                    pythonpath=target)
     assert len(results) == len(downstream.PATTERNS) * len(downstream.ENTRIES)
     failed = [r for r in results if not downstream.passed(r)]
     assert not failed, failed
@@ -61,8 +39,8 @@ def test_patterns_on_other_releases(target):
 
 def test_patterns_under_gcshim_run():
     """The zero-line way in: a training script that calls gradient_checkpointing_enable()."""
-    results = _run([sys.executable, "-m", "gcshim", "run", str(HERE / "downstream.py")],
-                   entries="enable")
+    results = downstream.run_script(
+        [sys.executable, "-m", "gcshim", "run", str(HERE / "downstream.py")], entries="enable")
     assert len(results) == len(downstream.PATTERNS)
     failed = [r for r in results if not downstream.passed(r)]
     assert not failed, failed
