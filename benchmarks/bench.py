@@ -3,10 +3,12 @@
 Conditions: no checkpointing; transformers' own (gradient_checkpointing_enable, non-reentrant);
 torch's apply_activation_checkpointing (non-reentrant checkpoint_wrapper on the decoder
 layers); gcshim with every layer, every 2nd/3rd/4th, a budget halfway between none and all,
-and offload. Each condition has its own copy of the model; step times are taken round-robin
-(one step of each condition per round) so drift hits all of them alike, and reported as
-medians. Peak memory is measured on a separate step: the CUDA allocator, or on CPU a
-live-tensor tracker (deterministic, unlike RSS).
+and offload. Then the Llama-style model with PEFT prefix tuning: none, gcshim in both modes
+(transformers' own checkpointing drops the prefix and fails, which the report says). Each
+condition has its own copy of the model; step times are taken round-robin (one step of each
+condition per round) so drift hits all of them alike, and reported as medians. Peak memory is
+measured on a separate step: the CUDA allocator, or on CPU a live-tensor tracker
+(deterministic, unlike RSS).
 
     python benchmarks/bench.py                 # sized to the device: small on CPU, ~1B on CUDA
     python benchmarks/bench.py --size small --rounds 5
@@ -278,6 +280,58 @@ def round_robin(copies: Dict[str, nn.Module], rows: Dict[str, Row],
         rows[label].seconds = statistics.median(samples)
 
 
+# -- prefix tuning --------------------------------------------------------------------------
+PREFIX_TOKENS = 16
+
+
+def prefix_conditions(size: str, device: torch.device, dtype: torch.dtype, rounds: int
+                      ) -> Tuple[Dict[str, Row], str]:
+    """PEFT prefix tuning of the Llama-style model: the learned prefix reaches every layer
+    through the cache, which gcshim keeps (transformers' own checkpointing drops it, and the
+    step fails). Conditions: none, gcshim all non-reentrant and reentrant."""
+    import peft
+
+    base, layer, batch = build("llama", size, device, dtype)
+    base = peft.get_peft_model(base, peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=PREFIX_TOKENS)).to(device)
+    batch = {**batch, "use_cache": True}
+    total = sum(isinstance(m, layer) for m in base.modules())
+    rows: Dict[str, Row] = {}
+    copies: Dict[str, nn.Module] = {}
+    for label, reentrant in (("none", None), ("gcshim all", False),
+                             ("gcshim all, reentrant", True)):
+        model = copy.deepcopy(base)
+        if reentrant is not None:
+            gcshim.apply(model, use_reentrant=reentrant)
+        _step(model, batch)  # warm-up (and gcshim's first-call checks)
+        rows[label] = Row(label, 0 if reentrant is None else total,
+                          peak_bytes(lambda model=model: _step(model, batch), device),
+                          anchor=reentrant is None)
+        copies[label] = model
+    own = copy.deepcopy(base)
+    own.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        _step(own, batch)
+        verdict = "runs"
+    except Exception as error:  # the prefix dropped: shapes no longer agree
+        verdict = f"fails: `{type(error).__name__}: {str(error).splitlines()[0][:120]}`"
+    round_robin(copies, rows, batch, device, rounds)
+    return rows, verdict
+
+
+def prefix_section(rows: Dict[str, Row], verdict: str) -> List[str]:
+    plain = rows["none"]
+    lines = [f"## llama with PEFT prefix tuning ({PREFIX_TOKENS} virtual tokens)", "",
+             f"transformers' own checkpointing with the prefix: {verdict}.", "",
+             "| condition | layers checkpointed | peak | median step | peak / none | "
+             "step / none |", "|---|---|---|---|---|---|"]
+    for row in rows.values():
+        lines.append(f"| {row.label}{' (anchor)' if row.anchor else ''} | {row.layers} | "
+                     f"{format_bytes(row.peak)} | {row.seconds * 1e3:.1f} ms | "
+                     f"{_ratio(row.peak, plain.peak)} | {_ratio(row.seconds, plain.seconds)} |")
+    return lines + [""]
+
+
 # -- microbenchmarks (CPU, tiny layers) -----------------------------------------------------
 def _median_seconds(work: Callable[[], None], repeats: int = 7) -> float:
     samples = []
@@ -476,6 +530,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             lines += section
             print("\n".join(section), flush=True)
         del base
+    if "llama" in args.models:
+        section = prefix_section(*prefix_conditions(size, device, dtype, rounds))
+        lines += section
+        print("\n".join(section), flush=True)
     plain_us, patched_us, overhead_us = wrapper_overhead_us(args.calls)
     cycle_ms = apply_remove_ms()
     lines += [

@@ -92,11 +92,22 @@ ROWS = [
         classes=("RecurrentGemmaDecoderLayer",),
         grad_args=("activations",),
         module_state=("recurrent_states", "conv1d_state"),
+        # its cache is module state, not an argument: `use_cache` decides what the attention
+        # reads (a window of keys, without grad), so turning it off would change the result
+        cache_flag=None,
         # its stack resets the recurrent state only while caching: flagged, it turns caching
         # off and the next step starts from this step's state (and its freed graph)
         flag_stack=False,
         notes="the RG-LRU and its conv keep their state on the module and reassign it in every "
               "forward: the recompute starts from the state the forward started from; the "
               "stack keeps its flag off, so it resets the state every step",
+    ),
+    transformers_row(
+        name="transformers xLSTM block",
+        classes=("xLSTMBlock",),
+        grad_args=("x",),
+        copied_args=("state",),
+        notes="with a cache its stack copies the block's new recurrent state into the state "
+              "tensors it passed in, after the call: the block gets copies of them",
     ),
 ]

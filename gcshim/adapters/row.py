@@ -12,7 +12,10 @@ from typing import Any, Callable, Optional, Tuple, Union
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-CACHE_ARGS: Tuple[str, ...] = ("past_key_value", "past_key_values", "layer_past", "cache")
+# generation caches by their names across releases; `cache_params` holds the recurrent state of
+# Mamba-style layers
+CACHE_ARGS: Tuple[str, ...] = ("past_key_value", "past_key_values", "layer_past", "cache",
+                               "cache_params")
 CACHE_FLAG = "use_cache"
 
 # What transformers' own checkpointing does for a row's layers (read by select and runtime):
@@ -55,6 +58,9 @@ class Adapter:
     transformers_checkpointing: see TRANSFORMERS_CHECKPOINTING.
     module_state: attribute names that the layer's (sub)modules reassign in forward (a
         recurrent state): put back as they were for the recompute, so it replays the forward.
+    copied_args: arguments whose tensors the caller writes into after the call (a recurrent
+        state it updates in place from the layer's output): the layer gets copies, so that the
+        recompute reads what the forward read.
     flag_stack: whether, on transformers 4.53-4.x, the stacks above get transformers' flag
         too (so that they turn caching off as the flagged layers do); False where that flag
         changes what the stack computes.
@@ -75,6 +81,7 @@ class Adapter:
     grad_args: Tuple[str, ...] = ("hidden_states",)
     transformers_checkpointing: str = "works"
     module_state: Tuple[str, ...] = ()
+    copied_args: Tuple[str, ...] = ()
     flag_stack: bool = True
     auto: bool = True
     notes: str = ""
@@ -91,6 +98,7 @@ class Adapter:
         object.__setattr__(self, "grad_args", tuple(self.grad_args))
         object.__setattr__(self, "within", tuple(self.within))
         object.__setattr__(self, "module_state", tuple(self.module_state))
+        object.__setattr__(self, "copied_args", tuple(self.copied_args))
         if self.predicate is not None and not callable(self.predicate):
             raise TypeError(f"Adapter {self.name!r}: predicate must be callable")
         _check_choice(self.name, "cache_policy", self.cache_policy, CACHE_POLICIES)

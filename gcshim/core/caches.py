@@ -13,7 +13,7 @@ keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -113,44 +113,29 @@ def neutralise_caches(
 ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Optional[CacheEdit]]:
     """Return args/kwargs with caches off, and what was changed (None if nothing)."""
 
-    def locate(name: str) -> Tuple[Optional[Union[str, int]], Any]:
-        return signature.locate(name, args, kwargs)
-
     def argument(name: str) -> Any:
-        return locate(name)[1]
+        return signature.locate(name, args, kwargs)[1]
 
-    new_args = list(args)
-    new_kwargs = dict(kwargs)
-
-    def put(where: Union[str, int], name: str, value: Any) -> None:
-        if where == "kw":
-            new_kwargs[name] = value
-        else:
-            new_args[where] = value
-
+    new_args, new_kwargs = args, kwargs
     changed = []
     cache_name, passed_cache = None, None
     for name in adapter.cache_args:
-        where, value = locate(name)
+        where, value = signature.locate(name, args, kwargs)
         if cache_name is None and (where is not None or name in signature.positions):
             cache_name, passed_cache = name, value
         if where is not None and value is not None:
-            put(where, name, None)
+            new_args, new_kwargs = signature.replace(name, new_args, new_kwargs, None)
             changed.append(f"{name}=None")
     flag_dropped = False
-    if adapter.cache_flag:
-        where, value = locate(adapter.cache_flag)
-        if value:
-            flag_dropped = True
-            changed.append(f"{adapter.cache_flag}=False")
-            if where is None:  # a default of True: pass False explicitly
-                new_kwargs[adapter.cache_flag] = False
-            else:
-                put(where, adapter.cache_flag, False)
+    if adapter.cache_flag and argument(adapter.cache_flag):
+        # (where the default is True, False is passed by keyword)
+        flag_dropped = True
+        changed.append(f"{adapter.cache_flag}=False")
+        new_args, new_kwargs = signature.replace(adapter.cache_flag, new_args, new_kwargs, False)
     if not changed:
         return args, kwargs, None
     edit = CacheEdit(tuple(changed), flag_dropped, cache_name, passed_cache, argument)
-    return tuple(new_args), new_kwargs, edit
+    return new_args, new_kwargs, edit
 
 
 def restore_output(adapter: Adapter, output: Any, edit: Optional[CacheEdit]) -> Any:

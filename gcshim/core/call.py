@@ -222,6 +222,11 @@ class CheckpointedCall:
         kwargs: Dict[str, Any],
         keeps_cache: bool = False,
     ) -> Any:
+        for name in self.adapter.copied_args:  # the caller writes into these after the call
+            value = self.signature.locate(name, args, kwargs)[1]
+            if value is not None:
+                args, kwargs = self.signature.replace(name, args, kwargs, tree.map_tensors(
+                    value, torch.clone))
         tensors, skeleton = tree.flatten_call(args, kwargs)
         input_needs = False
         for tensor in tensors:
@@ -439,13 +444,15 @@ class CheckpointedCall:
     def _settle(self, module: nn.Module, findings: List[side_channels.Finding]) -> None:
         """Decide, from the first call's findings, how this layer is checkpointed from now on."""
         self.probed = True
-        state = [str(f) for f in findings if not f.loses_gradient and not f.in_cache]
+        # every call from now on puts back what the call changes, for its recompute
+        state = [str(f) for f in findings
+                 if f.kind in ("state", "in-place state") and not f.in_cache]
         if any(f.in_cache for f in findings):
             state.insert(0, "keeps in the cache it is passed (a learned prefix, a past, a "
                          "recurrent state)" + (", carried in and out of the reentrant "
                                                "checkpoint" if self.options.use_reentrant else ""))
-        if state:
-            self.replays_state = "; ".join(state)
+        if state or any(f.kind in ("escape", "written in place") for f in findings):
+            self.replays_state = "; ".join(state) or "writes where later layers read"
         escapes = [f for f in findings if f.loses_gradient]
         if not escapes or not self.options.use_reentrant:
             return  # non-reentrant keeps the graph of whatever leaves the layer

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .._log import warn_once
+from ..errors import SideChannelError
 from .side_effects import RECOMPUTING, _version, buffers_kept
 
 _MAX_DEPTH = 5
@@ -92,6 +93,7 @@ class _Held:
     container: Any  # None inside a tuple: it cannot be swapped
     key: Any
     in_cache: bool
+    requires_grad: bool  # at the call (an in-place write of a value with a graph changes it)
 
 
 class _Walk:
@@ -119,7 +121,8 @@ class _Walk:
         self.seen.add(id(node))
         if isinstance(node, torch.Tensor):
             if inside_object:
-                self.tensors.append(_Held(where, node, _version(node), parent, key, in_cache))
+                self.tensors.append(_Held(where, node, _version(node), parent, key, in_cache,
+                                          node.requires_grad))
             return
         if isinstance(node, nn.Module) and not in_cache:  # a cache is one on 4.42-4.4x
             return
@@ -164,8 +167,9 @@ def _argument_roots(args: Tuple[Any, ...], kwargs: Dict[str, Any],
 
 @dataclass(frozen=True)
 class Finding:
-    # "escape", "hidden input", "grad mode" (reentrant gives other gradients); "in-place
-    # state", "state" (the recompute would start from what the forward left: replayed)
+    # "escape", "written in place", "hidden input", "grad mode" (reentrant gives other
+    # gradients); "in-place state", "state" (the recompute would start from what the forward
+    # left: replayed)
     kind: str
     where: str
     # inside a kept cache: put back for the recompute, and carried through reentrant
@@ -175,12 +179,17 @@ class Finding:
     @property
     def loses_gradient(self) -> bool:
         """Whether reentrant checkpointing would give other gradients (non-reentrant does not)."""
-        return self.kind in ("escape", "hidden input", "grad mode") and not self.in_cache
+        return self.kind in ("escape", "written in place", "hidden input", "grad mode") \
+            and not self.in_cache
 
     def __str__(self) -> str:
         if self.kind == "escape":
             return (f"puts a tensor that needs a gradient into {self.where}, where later "
                     "layers read it (reentrant checkpointing would leave it without a graph)")
+        if self.kind == "written in place":
+            return (f"writes a value that needs a gradient in place into {self.where}, where "
+                    "later layers read it (reentrant checkpointing would write it without a "
+                    "graph)")
         if self.kind == "hidden input":
             return (f"reads a tensor that needs a gradient from {self.where}, which "
                     "checkpointing does not take apart into inputs (reentrant checkpointing "
@@ -208,36 +217,82 @@ def _put_items(container: Any, items: List[Tuple[Any, Any]]) -> None:
         state.update(items)
 
 
+_COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
+
+
+def _size(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _small(tensor: torch.Tensor) -> bool:
+    return _size(tensor) <= _COPY_LIMIT
+
+
+def _same_items(now: List[Tuple[Any, Any]], before: List[Tuple[Any, Any]]) -> bool:
+    return len(now) == len(before) and all(
+        key == was_key and value is was for (key, value), (was_key, was) in zip(now, before))
+
+
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor`'s value now; differentiable where it requires grad, so that what is
+    computed from the copy has the gradient path the tensor had at this point."""
+    with torch.enable_grad():
+        return tensor.clone() if tensor.requires_grad else tensor.detach().clone()
+
+
 class Replay:
     """What a layer's call changed, put back as the forward saw it while the layer recomputes:
-    the values of tensors it wrote in place, the contents of containers it changed (a dict or
-    list it was passed, a state object, its own attributes)."""
+    the tensors it wrote in place (their object swapped for a copy of the value the forward
+    read, so that the recompute also has the gradient path it had), the contents of containers
+    it changed (a dict or list it was passed, a state object, its own attributes), and of every
+    container of a kept cache that anything changed since (its stack counting positions after
+    the call)."""
 
-    __slots__ = ("tensors", "containers", "_after")
+    __slots__ = ("tensors", "containers", "_after", "_moved")
 
-    def __init__(self, tensors: List[Tuple[torch.Tensor, torch.Tensor]],
+    def __init__(self, tensors: List[Tuple[_Held, torch.Tensor]],
                  containers: List[Tuple[Any, List[Tuple[Any, Any]]]]) -> None:
-        self.tensors = tensors  # (the tensor, a copy of its value before the forward)
+        self.tensors = tensors  # (the tensor, a snapshot of its value before the forward)
         self.containers = containers  # (the container, its items before the forward)
-        self._after: List[Any] = []
+        self._after: List[torch.Tensor] = []  # values of tensors that cannot be swapped
+        self._moved: List[Tuple[Any, List[Tuple[Any, Any]]]] = []  # (container, its items now)
 
-    def __enter__(self) -> None:
-        with torch.no_grad():  # the forward's view; the current one kept for after
-            self._after = [tensor.clone() for tensor, _ in self.tensors]
-            for tensor, before in self.tensors:
-                tensor.copy_(before)
-        self._after += [_items(container) for container, _ in self.containers]
+    def restore(self) -> None:
+        """Put the state before the call back for good (after a trial run without grad)."""
+        with torch.no_grad():
+            for held, before in self.tensors:
+                held.tensor.copy_(before)
         for container, before in self.containers:
             _put_items(container, before)
 
+    def __enter__(self) -> None:
+        self._moved = []
+        for container, before in self.containers:
+            now = _items(container) or []
+            if not _same_items(now, before):
+                self._moved.append((container, now))
+                _put_items(container, before)
+        with torch.no_grad():  # the forward's view; the current one kept for after
+            self._after = [held.tensor.clone() for held, _ in self.tensors
+                           if held.container is None]
+            for held, before in self.tensors:
+                if held.container is None:
+                    held.tensor.copy_(before)
+        for held, before in self.tensors:
+            if held.container is not None:
+                _put(held.container, held.key, _snapshot(before))
+
     def __exit__(self, *exc: Any) -> None:
-        count = len(self.tensors)
+        for held, _before in self.tensors:
+            if held.container is not None:
+                _put(held.container, held.key, held.tensor)
         with torch.no_grad():
-            for (tensor, _), after in zip(self.tensors, self._after[:count]):
-                tensor.copy_(after)
-        for (container, _), after in zip(self.containers, self._after[count:]):
+            unswapped = [held for held, _ in self.tensors if held.container is None]
+            for held, after in zip(unswapped, self._after):
+                held.tensor.copy_(after)
+        for container, after in self._moved:
             _put_items(container, after)
-        self._after = []
+        self._after, self._moved = [], []
 
 
 class Probe:
@@ -254,21 +309,40 @@ class Probe:
         names = {index: name for name, index in positions.items()}
         for where, name, root in _argument_roots(args, kwargs, names):
             walk.visit(where, root, in_cache=name in kept_caches)
+        self._layer = type(layer).__qualname__
+        attributes = []  # tensors the layer keeps as plain attributes (a cache window)
         for path, module in layer.named_modules():
             items = _items(module) or []
-            walk.watch(f"attribute {path + '.' if path else ''}", module, items)
+            where = f"attribute {path + '.' if path else ''}"
+            walk.watch(where, module, items)
             for key, value in items:  # containers the layer keeps (a list it appends to)
-                walk.visit(f"attribute {path + '.' if path else ''}{key}", value, 1)
+                if isinstance(value, torch.Tensor):
+                    attributes.append(_Held(where + key, value, _version(value), module, key,
+                                            False, value.requires_grad))
+                else:
+                    walk.visit(where + key, value, 1)
         self._containers = walk.containers
         self.cut = walk.cut
+        # tensors in argument objects (inputs out of checkpoint's sight), then the layer's own
         self._held = [held for held in walk.tensors if not held.where.startswith("attribute ")]
-        with torch.no_grad():
-            self._copies = [held.tensor.detach().clone() for held in self._held]
+        self._own = len(self._held)
+        self._held += attributes
+        self._copies = [_snapshot(held.tensor) if index < self._own or _small(held.tensor)
+                        else None for index, held in enumerate(self._held)]
 
     def _written_held(self) -> List[Tuple[_Held, torch.Tensor]]:
         """The held tensors the call wrote in place, each with its value before."""
-        return [(held, copy) for held, copy in zip(self._held, self._copies)
-                if _version(held.tensor) != held.version]
+        written = [(held, copy) for held, copy in zip(self._held, self._copies)
+                   if _version(held.tensor) != held.version]
+        too_large = next((held for held, copy in written if copy is None), None)
+        if too_large is not None:
+            raise SideChannelError(
+                f"gcshim: layer {self._layer} writes in place into "
+                f"{too_large.where[len('attribute '):]!r}"
+                f", a tensor of {_size(too_large.tensor)} bytes it keeps as a plain attribute: "
+                "too large for gcshim to copy at every call, and its recompute would start from "
+                "what the forward wrote. Leave this layer out of `layers`.")
+        return written
 
     def findings(self) -> List[Finding]:
         found: List[Finding] = []
@@ -284,32 +358,36 @@ class Probe:
             elif changed or watched.shrank():
                 key = changed[0][0] if changed else None
                 found.append(Finding("state", _describe(watched, key), watched.in_cache))
-        found += [Finding("in-place state", held.where, held.in_cache)
-                  for held, _copy in self._written_held()]
+        for held, _copy in self._written_held():
+            if held.tensor.requires_grad and not held.where.startswith("attribute "):
+                # a value with a graph, written in place into what later layers read
+                found.append(Finding("written in place", held.where))
+            else:
+                found.append(Finding("in-place state", held.where, held.in_cache))
         found += [Finding("hidden input", held.where,
                           held.in_cache and held.container is not None)
-                  for held in self._held if held.tensor.requires_grad]
+                  for held in self._held[:self._own] if held.requires_grad]
         return found
 
     def undo(self) -> None:
         """Put back what a call changed, for good (after a trial run), and watch from here."""
         changed = self.replay()
         if changed is not None:
-            changed.__enter__()  # the state before the call; what the call left is dropped
+            changed.restore()  # what the call left is dropped
         for held in self._held:
             held.version = _version(held.tensor)
 
     def route(self) -> Route:
         """How this call's kept caches travel through reentrant checkpointing."""
-        return Route([held for held in self._held if held.in_cache and held.tensor.requires_grad
+        return Route([held for held in self._held if held.in_cache and held.requires_grad
                       and held.container is not None],
                      [watched for watched in self._containers if watched.in_cache])
 
     def replay(self) -> Optional[Replay]:
         """What the call changed, to put back for its recompute (None: it changed nothing)."""
-        tensors = [(held.tensor, copy) for held, copy in self._written_held()]
+        tensors = self._written_held()
         containers = [(w.container, w.items) for w in self._containers
-                      if w.changed() or w.shrank()]
+                      if w.in_cache or w.changed() or w.shrank()]
         return Replay(tensors, containers) if tensors or containers else None
 
 
@@ -335,7 +413,7 @@ class Route:
     def __init__(self, inputs: List[_Held], watched: List[_Watched]) -> None:
         self.inputs = inputs
         self._watched = watched
-        self._written: List[Tuple[Any, Any]] = []  # (container, key) of the forward's writes
+        self._written: List[Tuple[_Watched, Any]] = []  # where the forward wrote tensors
         self._reading: Set[int] = set()  # ids of the copies `reading` put in: not writes
 
     @property
@@ -356,23 +434,25 @@ class Route:
             self._reading = set()
 
     def written(self) -> List[torch.Tensor]:
-        """The tensors the call just wrote into the cache, in a fixed order (the forward's and
-        the recompute's must line up)."""
-        found = [(watched.container, key, value) for watched in self._watched
-                 for key, value in watched.changed()
-                 if isinstance(value, torch.Tensor) and id(value) not in self._reading]
-        places = [(container, key) for container, key, _value in found]
+        """The tensors the call just wrote into the cache: found after the forward, read from
+        the same places after the recompute (so that the two line up)."""
         if not self._written:
-            self._written = places
-        elif [(id(c), k) for c, k in places] != [(id(c), k) for c, k in self._written]:
+            self._written = [(watched, key) for watched in self._watched
+                             for key, value in watched.changed()
+                             if isinstance(value, torch.Tensor) and id(value) not in self._reading]
+        before = [dict((k, id(v)) for k, v in watched.items) for watched, _key in self._written]
+        found = [dict(_items(watched.container) or ()).get(key)
+                 for watched, key in self._written]
+        if any(not isinstance(value, torch.Tensor) or id(value) == was.get(key)
+               for value, was, (_w, key) in zip(found, before, self._written)):
             raise RuntimeError("gcshim: the recompute wrote other cache entries than the "
                                "forward did; checkpoint this layer with use_reentrant=False")
-        return [value for _container, _key, value in found]
+        return found
 
     def write_back(self, tensors: Sequence[torch.Tensor]) -> None:
         """Put the checkpoint's outputs (with their graph) where the forward wrote."""
-        for (container, key), tensor in zip(self._written, tensors):
-            _put(container, key, tensor)
+        for (watched, key), tensor in zip(self._written, tensors):
+            _put(watched.container, key, tensor)
 
 
 def _describe(watched: _Watched, key: Any) -> str:
@@ -385,7 +465,6 @@ def _describe(watched: _Watched, key: Any) -> str:
     return f"{watched.where} ({kind})"
 
 
-_COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
 
 
 def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
@@ -397,8 +476,7 @@ def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
     for owner in layer.modules():
         for name, value in owner._buffers.items():
             if value is not None:
-                size = value.numel() * value.element_size()
-                (small if size <= _COPY_LIMIT else large).append((owner, name))
+                (small if _small(value) else large).append((owner, name))
     watched = [(owner, name, owner._buffers[name], _version(owner._buffers[name]))
                for owner, name in large]
     try:

@@ -55,6 +55,16 @@ class Signature:
         return None, self.defaults.get(name)
 
 
+    def replace(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any], value: Any
+                ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+        """The call's args/kwargs with argument `name` set to `value` where the call passed it
+        (by keyword if it was not passed)."""
+        where, _old = self.locate(name, args, kwargs)
+        if isinstance(where, int):
+            return args[:where] + (value,) + args[where + 1:], kwargs
+        return args, {**kwargs, name: value}
+
+
 @functools.lru_cache(maxsize=1024)
 def _method_signature(function: Callable[..., Any]) -> Signature:
     return Signature._parse(function, skip=1)

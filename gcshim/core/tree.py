@@ -51,6 +51,12 @@ def _map_leaves(node: Any, leaf: Callable[[Any], Any]) -> Any:
     return leaf(node)
 
 
+def map_tensors(node: Any, function: Callable[[torch.Tensor], Any]) -> Any:
+    """`node` with its plain containers copied and each tensor replaced by `function(tensor)`."""
+    return _map_leaves(node, lambda leaf: function(leaf) if isinstance(leaf, torch.Tensor)
+                       else leaf)
+
+
 class _Call:
     """The skeleton of a call whose arguments are all positional tensors (the fast path)."""
 
