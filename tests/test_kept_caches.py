@@ -230,3 +230,38 @@ def test_transformers_flag_reads_false_only_to_code_passing_a_filled_cache():
     assert not drops_cache(past_key_values=filled)
     assert not drops_cache(kwargs_only=1, cache=filled)  # in the caller's **kwargs
     assert bool(ON) and pickle.loads(pickle.dumps(ON)) is True
+
+
+class KeyValueCache(PrefixCache):
+    """Keys and values per layer, both appended to (two outputs of each layer's call)."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.values = [key * 2 for key in self.keys]
+
+    def update(self, key, index):
+        self.values[index] = torch.cat([self.values[index], key * 2], dim=1)
+        return super().update(key, index)
+
+
+def test_a_kept_cache_leaves_nothing_alive_after_the_step(reentrant):
+    """The cache holds the checkpoint's outputs, whose autograd node holds the call that holds
+    the cache: once backward has run, the model and its layers are freed."""
+    import gc
+    import weakref
+
+    model = PrefixTuned()
+    gcshim.apply(model, layers=AttendToCache, use_reentrant=reentrant)
+    x = torch.randn(2, 5, DIM)
+    for _ in range(3):
+        cache = KeyValueCache(p.expand(2, -1, -1) for p in model.prefix)
+        h = x
+        for layer in model.layers:
+            h = layer(h, past_key_values=cache, use_cache=True)
+        h.sum().backward()  # the loss reads no cache entry
+    assert {row.mode for row in gcshim.report(model).rows} == {
+        "reentrant" if reentrant else "non-reentrant"}
+    layer = weakref.ref(model.layers[0])
+    del model, cache, h
+    gc.collect()
+    assert layer() is None

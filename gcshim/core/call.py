@@ -369,6 +369,17 @@ class CheckpointedCall:
             out_skeleton, out_count = output_skeleton
             if route is not None:
                 route.write_back(output[out_count:])
+                node = next((t.grad_fn for t in output if t.grad_fn is not None), None)
+                if node is not None:
+                    # The cache now holds outputs of this checkpoint, whose node holds `run`,
+                    # which holds the cache: a cycle through autograd that Python's collector
+                    # cannot see. Once backward has recomputed the layer, `run` lets go.
+                    def release(*_: Any) -> None:
+                        nonlocal args, kwargs, skeleton, route
+                        args, kwargs, skeleton, route = (), {}, None, None
+                        replay.clear()
+
+                    node.register_hook(release)
             output = tree.unflatten(out_skeleton, output[:out_count])
         return output
 
