@@ -329,6 +329,8 @@ class CheckpointedCall:
                             output = wrapped(*call_args, **call_kwargs)
                             if route is not None:
                                 written = route.written()
+            except CONTROL_FLOW:  # torch's early stop of a recompute: not an error
+                raise
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
@@ -423,6 +425,8 @@ class CheckpointedCall:
                 call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                 with side_effects.RECOMPUTING:
                     return wrapped(*call_args, **call_kwargs)
+            except CONTROL_FLOW:
+                raise
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
@@ -431,10 +435,9 @@ class CheckpointedCall:
 
     def _note_error(self, error: Exception, module: nn.Module, recompute: bool) -> None:
         """Say where a layer's own error passed through gcshim (torch's early-stop exception,
-        which steers the recompute, passes untouched)."""
-        if not isinstance(error, CONTROL_FLOW):
-            add_context(error, f"gcshim: raised in checkpointed layer {self.where(module)} "
-                        + ("while backward recomputed it" if recompute else "in its forward"))
+        which steers the recompute, is caught before this and passes untouched)."""
+        add_context(error, f"gcshim: raised in checkpointed layer {self.where(module)} "
+                    + ("while backward recomputed it" if recompute else "in its forward"))
 
     @property
     def mode(self) -> str:
