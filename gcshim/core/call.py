@@ -182,14 +182,13 @@ class CheckpointedCall:
         # checkpointing would drop it, so gcshim takes such calls)
         keeps_cache = self._may_carry_cache(kwargs) and caches.holds_input(
             self.adapter, self.signature, args, kwargs)
-        if not keeps_cache and self._flagged(instance) and handing_to(
-                instance, self.adapter) is not None:
+        handed = self._flagged(instance) and handing_to(instance, self.adapter) is not None
+        if handed and not keeps_cache:
             self.last_skip = "framework"
             return wrapped(*args, **kwargs)
-        self.last_skip = None
+        # "took over": from the framework, for this call
+        self.last_skip = "took over" if handed else None
         if keeps_cache and self._policy != "run-as-is":
-            if self._flagged(instance) and handing_to(instance, self.adapter) is not None:
-                self.last_skip = "took over"  # from the framework, for this call
             return self._checkpoint(wrapped, instance, args, kwargs, keeps_cache=True)
         policy = self._policy
         if policy == "keep" or (policy == "neutralise" and not self._may_carry_cache(kwargs)):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ...adapters import Adapter, versions
 from ...core import hooks
-from ...core.patching import patched_forward
+from ...core.patching import iter_patched
 from ...core.signature import Signature
 from ...core.torch_checkpoint import CheckpointOptions
 from ...core.undo import UndoLog
@@ -97,11 +97,10 @@ class Transformers(hooks.Framework):
         # Where transformers checkpoints a layer gcshim has patched (or the stack above it,
         # before 4.52), calls that pass a cache holding something go to gcshim's wrapper
         # uncheckpointed, for gcshim to take them with the cache kept (see flags.Flag).
-        patched = [path for path, module in model.named_modules()
-                   if patched_forward(module) is not None]
+        patched = [path for path, _module, _wrapper in iter_patched(model)]
         for path, module in model.named_modules():
             if vars(module).get(flags.FLAG) is True and flags.transformers_checkpoints(module) \
-                    and any(inner == path or inner.startswith(path + ".") or not path
+                    and any(not path or inner == path or inner.startswith(path + ".")
                             for inner in patched):
                 _stand_by(module, undo)
 
