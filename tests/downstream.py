@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import transformers
+from models import grads_of
 from torch import nn
 from transformers import LlamaConfig, PreTrainedModel
 from transformers.models.llama import modeling_llama
@@ -450,8 +451,7 @@ def _steps(model: nn.Module, steps: int = 2) -> Tuple[List[float], Dict[str, tor
         loss = _loss(model(input_ids=ids), weights)
         loss.backward()
         losses.append(loss.item())
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return losses, grads
+    return losses, grads_of(model)
 
 
 def _peak(model: nn.Module) -> int:
@@ -491,6 +491,38 @@ def _auto_off() -> None:
     auto.deactivate()
 
 
+Trained = Tuple[List[float], Dict[str, torch.Tensor]]  # losses, gradients
+
+
+def train_through(model: nn.Module, entry: str, counter: Counter,
+                  steps: Callable[[nn.Module], Trained], result: Dict[str, Any]
+                  ) -> Optional[Trained]:
+    """`steps(model)` through one way in; `result` gets each layer's forward runs, or the
+    error (None then: the test says which model and way in failed)."""
+    routed = entry.startswith("enable") and _auto_on()
+    try:
+        _enter(model, entry)
+        trained = steps(model)
+        result["runs"] = list(counter.runs)
+        return trained
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"[:500]
+        return None
+    finally:
+        if routed:
+            _auto_off()
+
+
+def compare(result: Dict[str, Any], reference: Trained, trained: Trained) -> None:
+    """Into `result`: whether every loss, and which gradients, differ from the plain steps."""
+    (reference_losses, reference_grads), (losses, grads) = reference, trained
+    result["loss_equal"] = all(abs(a - b) <= 1e-5 * max(1.0, abs(b))
+                               for a, b in zip(losses, reference_losses))
+    result["missing"] = sorted(set(reference_grads) ^ set(grads))
+    result["wrong"] = sorted(n for n in reference_grads if n in grads and not torch.allclose(
+        grads[n], reference_grads[n], rtol=1e-4, atol=1e-6))
+
+
 def check(name: str, entry: str) -> Dict[str, Any]:
     """One pattern through one way in: what matched, what was recomputed, the peaks."""
     plain = build(name)
@@ -504,25 +536,13 @@ def check(name: str, entry: str) -> Dict[str, Any]:
         # under `gcshim run` the first module to train gets gcshim: the reference must not
         # (these models have no dropout, so eval mode changes nothing else)
         plain.eval()
-    reference_losses, reference = _steps(plain)
+    reference = _steps(plain)
     result["peak_plain"] = _peak(plain)
     counter = Counter(list(_inner(model).layers))
-    routed = entry.startswith("enable") and _auto_on()
-    try:
-        _enter(model, entry)
-        losses, grads = _steps(model)
-        result["runs"] = list(counter.runs)  # 4 each when every layer was recomputed
-    except Exception as error:  # recorded: the test says which pattern and way in failed
-        result["error"] = f"{type(error).__name__}: {error}"[:500]
+    trained = train_through(model, entry, counter, _steps, result)  # runs: 4 each, recomputed
+    if trained is None:
         return result
-    finally:
-        if routed:
-            _auto_off()
-    result["loss_equal"] = all(abs(a - b) <= 1e-5 * max(1.0, abs(b))
-                               for a, b in zip(losses, reference_losses))
-    result["missing"] = sorted(set(reference) ^ set(grads))
-    result["wrong"] = sorted(n for n in reference if n in grads and not torch.allclose(
-        grads[n], reference[n], rtol=1e-4, atol=1e-6))
+    compare(result, reference, trained)
     result["peak"] = _peak(model)
     result["report"] = str(gcshim.report(_inner(model))) if gcshim.is_applied(
         _inner(model)) else "transformers' own checkpointing"

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Tuple
 import peft
 import torch
 import transformers
-from downstream import ENTRIES, Counter, _auto_off, _auto_on, _enter, _inner
+from downstream import ENTRIES, Counter, _inner, compare, train_through
+from models import grads_of
 from torch import nn
 
 import gcshim
@@ -124,8 +125,7 @@ def _steps(model: nn.Module, steps: int = 2) -> Tuple[List[float], Dict[str, tor
         loss = _loss(output, weights)
         loss.backward()
         losses.append(loss.item())
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return losses, grads
+    return losses, grads_of(model)
 
 
 def check(arch: str, entry: str) -> Dict[str, Any]:
@@ -139,29 +139,17 @@ def check(arch: str, entry: str) -> Dict[str, Any]:
         model.load_state_dict(plain.state_dict())
         if entry.startswith("enable"):
             plain.enable_input_require_grads()  # as _enter does (what Trainer does for PEFT)
-        reference_losses, reference = _steps(plain)
+        reference = _steps(plain)
     except Exception as error:  # this PEFT and transformers cannot prefix-tune it at all
         result["no_baseline"] = f"{type(error).__name__}: {error}"[:300]
         return result
     result["peak_plain"] = peak_bytes(lambda: _steps(plain, 1), torch.device("cpu"))
     counter = Counter([_Called(layer) for layer in layers])
-    routed = entry.startswith("enable") and _auto_on()
-    try:
-        _enter(model, entry)
-        losses, grads = _steps(model)
-        result["runs"] = list(counter.runs)
-    except Exception as error:  # recorded: the test says which arch and way in failed
-        result["error"] = f"{type(error).__name__}: {error}"[:500]
+    trained = train_through(model, entry, counter, _steps, result)
+    if trained is None:
         return result
-    finally:
-        if routed:
-            _auto_off()
-    result["loss_equal"] = all(abs(a - b) <= 1e-5 * max(1.0, abs(b))
-                               for a, b in zip(losses, reference_losses))
-    result["missing"] = sorted(set(reference) ^ set(grads))
-    result["wrong"] = sorted(n for n in reference if n in grads and not torch.allclose(
-        grads[n], reference[n], rtol=1e-4, atol=1e-6))
-    result["trainable"] = sorted(reference)
+    compare(result, reference, trained)
+    result["trainable"] = sorted(reference[1])
     result["peak"] = peak_bytes(lambda: _steps(model, 1), torch.device("cpu"))
     result["report"] = str(gcshim.report(_inner(model))) if gcshim.is_applied(
         _inner(model)) else "not applied"
