@@ -224,6 +224,58 @@ def test_tensors_inside_dataclass_and_dict_outputs_keep_gradients(reentrant):
     assert_exact_and_recomputed(model, run, reference)
 
 
+class TwoStreamBlock(nn.Module):
+    """Returns a second stream beside its hidden states (LiLT's layout stream, attention
+    weights, router logits): the model reads it from some layers and not from others."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Linear(16, 16)
+        self.side = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.tanh(self.main(x)) + x, self.side(x)
+
+
+def _two_stream_step(model, x):
+    def step():
+        h, side = x, None
+        for block in model:
+            h, side = block(h)
+        (h.sum() + side.pow(2).sum()).backward()  # only the last block's side stream is read
+
+    return step
+
+
+def test_outputs_nobody_reads_leave_their_parameters_without_gradient(reentrant):
+    """The plain step gives no gradient (None) to a parameter feeding only an unused output;
+    an optimizer skips it. Reentrant checkpoint on its own gives zeros there (AdamW would
+    decay and move it)."""
+    model = nn.Sequential(TwoStreamBlock(), TwoStreamBlock(), TwoStreamBlock())
+    step = _two_stream_step(model, torch.randn(4, 16, requires_grad=True))
+    step()
+    reference = grads_of(model)
+    assert "0.side.weight" not in reference and "2.side.weight" in reference
+    model.zero_grad(set_to_none=True)
+    gcshim.apply(model, use_reentrant=reentrant)
+    for _ in range(2):  # the first reentrant step checks each layer (non-reentrant)
+        model.zero_grad(set_to_none=True)
+        assert_exact_and_recomputed(model, step, reference)
+
+
+def test_reentrant_would_give_zeros_to_unused_outputs_without_the_hook(monkeypatch):
+    from gcshim.core import call
+
+    monkeypatch.setattr(call, "unused_outputs", lambda outputs: None)
+    model = nn.Sequential(TwoStreamBlock(), TwoStreamBlock())
+    step = _two_stream_step(model, torch.randn(4, 16, requires_grad=True))
+    gcshim.apply(model, use_reentrant=True)
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        step()
+    assert torch.count_nonzero(model[0].side.weight.grad) == 0  # zeros, where plain has None
+
+
 def test_transformers_model_output_round_trips():
     transformers = pytest.importorskip("transformers")
     from gcshim.core import tree

@@ -23,6 +23,7 @@ from .torch_checkpoint import (
     inside_other_checkpoint,
     is_compiling,
     non_reentrant_saves_inputs,
+    unused_outputs,
 )
 
 
@@ -291,6 +292,7 @@ class CheckpointedCall:
         state_before = side_effects.snapshot_state(module, state_names) if state_names else []
         first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
         has_buffers = self._has_buffers
+        unused: List[List[int]] = []  # reentrant: the outputs backward found unused
 
         def run(*flat: torch.Tensor) -> Any:
             if compiling:
@@ -338,7 +340,13 @@ class CheckpointedCall:
             # Reentrant checkpoint only connects top-level tensor outputs to autograd.
             out_tensors, out_skeleton = tree.flatten(output)
             output_skeleton[:] = [out_skeleton, len(out_tensors)]
-            return (*out_tensors, *written)
+            flat_output = (*out_tensors, *written)
+            if recompute and unused and unused[0]:
+                # no gradient to give them: backward skips outputs that need none
+                dropped = unused[0]
+                flat_output = tuple(tensor.detach() if i in dropped else tensor
+                                    for i, tensor in enumerate(flat_output))
+            return flat_output
 
         trial = None
         if probe is not None and not self.probed and self.options.use_reentrant:
@@ -368,6 +376,9 @@ class CheckpointedCall:
                 replay.append(changed)
         if reentrant:
             out_skeleton, out_count = output_skeleton
+            found = unused_outputs(output)
+            if found is not None:
+                unused.append(found)
             if route is not None:
                 route.write_back(output[out_count:])
                 node = next((t.grad_fn for t in output if t.grad_fn is not None), None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.utils.checkpoint as _torch_checkpoint
@@ -192,6 +192,28 @@ def checkpoint(
     except BaseException as error:
         _close_checkpoint_frames(error.__traceback__)
         raise
+
+
+def unused_outputs(outputs: Sequence[Any]) -> Optional[List[int]]:
+    """Where a reentrant checkpoint's outputs will have gone unused, known before its recompute.
+
+    Reentrant checkpoint hands the recompute a zero gradient for every output the caller did
+    not use, so parameters that feed only those outputs get zeros where the plain step leaves
+    them None (and an optimizer then decays and moves them). A hook on the checkpoint's node
+    sees the gradients before they are made zeros: the returned list is filled there with the
+    positions that got none, for the recompute to detach. None: nothing can go unused (one
+    output that requires grad: unused, its node never runs), or this torch has no such hook.
+    """
+    needing = [t for t in outputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if len(needing) < 2 or not hasattr(needing[0].grad_fn, "register_prehook"):
+        return None
+    unused: List[int] = []
+
+    def note(grad_outputs: Tuple[Optional[torch.Tensor], ...]) -> None:
+        unused[:] = [i for i, grad in enumerate(grad_outputs) if grad is None]
+
+    needing[0].grad_fn.register_prehook(note)
+    return unused
 
 
 def _close_checkpoint_frames(tb: Any) -> None:
