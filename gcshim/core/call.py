@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -93,7 +93,7 @@ class CheckpointedCall:
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
                  "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state",
-                 "last_skip", "_policy", "_flags", "_has_buffers", "_fast")
+                 "last_skip", "_policy", "_flags", "_has_buffers", "_written_buffers", "_fast")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = "",
@@ -124,6 +124,8 @@ class CheckpointedCall:
         # recompute does not update them again).
         self._policy = adapter.cache_policy
         self._has_buffers = True
+        # the buffers (owner's id, name) its forward writes into: copied before each forward
+        self._written_buffers: FrozenSet[Tuple[int, str]] = frozenset()
         # set once the first call settles the layer (see _settled): positional calls then
         # take the shortest path
         self._fast = False
@@ -308,8 +310,12 @@ class CheckpointedCall:
                     # writes into is theirs, for later layers to read
                     if has_buffers:
                         watched = side_effects.watch_buffers(module)
+                        # what the recompute must read of buffers the forward writes into
+                        copies = side_effects.copies_before(
+                            watched, self._written_buffers if self.probed else None)
                         output = wrapped(*args, **kwargs)
-                        first_forward.append(side_effects.changed_buffers(watched))
+                        self._written_buffers |= side_effects.written_in_place(watched)
+                        first_forward.append(side_effects.changed_buffers(watched, copies))
                     else:
                         output = wrapped(*args, **kwargs)
                         first_forward.append(())

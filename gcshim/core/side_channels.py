@@ -33,7 +33,7 @@ from torch import nn
 
 from .._log import warn_once
 from ..errors import SideChannelError
-from .side_effects import RECOMPUTING, _version, buffers_kept
+from .side_effects import RECOMPUTING, _version, buffers_kept, small
 
 _MAX_DEPTH = 5
 _MAX_NODES = 20_000
@@ -217,15 +217,8 @@ def _put_items(container: Any, items: List[Tuple[Any, Any]]) -> None:
         state.update(items)
 
 
-_COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
-
-
 def _size(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
-
-
-def _small(tensor: torch.Tensor) -> bool:
-    return _size(tensor) <= _COPY_LIMIT
 
 
 def _same_items(now: List[Tuple[Any, Any]], before: List[Tuple[Any, Any]]) -> bool:
@@ -327,7 +320,7 @@ class Probe:
         self._held = [held for held in walk.tensors if not held.where.startswith("attribute ")]
         self._own = len(self._held)
         self._held += attributes
-        self._copies = [_snapshot(held.tensor) if index < self._own or _small(held.tensor)
+        self._copies = [_snapshot(held.tensor) if index < self._own or small(held.tensor)
                         else None for index, held in enumerate(self._held)]
 
     def _written_held(self) -> List[Tuple[_Held, torch.Tensor]]:
@@ -472,16 +465,15 @@ def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
     """Run `call` as reentrant checkpointing's forward would (no grad), leaving no trace: the
     RNG, the layer's buffers and whatever the call changed come back as they were.
     (whether it ran, its output or its error)."""
-    small, large = [], []
+    copied, large = [], []
     for owner in layer.modules():
         for name, value in owner._buffers.items():
             if value is not None:
-                (small if _small(value) else large).append((owner, name))
-    watched = [(owner, name, owner._buffers[name], _version(owner._buffers[name]))
-               for owner, name in large]
+                (copied if small(value) else large).append((owner, name, value))
+    watched = [(owner, name, value, _version(value)) for owner, name, value in large]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                buffers_kept(small), RECOMPUTING:
+                buffers_kept(copied), RECOMPUTING:
             return True, call()
     except Exception as error:  # the real call will say it again, where it belongs
         return False, error

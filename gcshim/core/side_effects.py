@@ -3,7 +3,8 @@
 - ``is_recomputing()`` tells user code that the forward it is in is a recompute.
 - Buffers that the first forward updated (BatchNorm's running statistics, an EMA, a step
   counter) are put back after the recompute, so one training step updates them once, as an
-  un-checkpointed step would.
+  un-checkpointed step would; the recompute reads them as the forward did (I-BERT's
+  quantisation ranges steer its forward).
 - Attributes an adapter names in ``module_state`` (a layer that reassigns state in forward) are
   replayed from the value the first forward started with.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -52,6 +53,13 @@ def maybe(context: Any) -> Any:
 BufferEntry = Tuple[nn.Module, str, torch.Tensor, int]
 
 
+COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
+
+
+def small(tensor: torch.Tensor) -> bool:
+    return tensor.numel() * tensor.element_size() <= COPY_LIMIT
+
+
 def _version(tensor: torch.Tensor) -> int:
     try:
         return tensor._version
@@ -77,10 +85,39 @@ def _updates_stats_in_kernel(module: nn.Module) -> bool:
             and module.track_running_stats)
 
 
-def changed_buffers(watched: List[BufferEntry]) -> List[Tuple[nn.Module, str]]:
+def written_in_place(watched: List[BufferEntry]) -> FrozenSet[Tuple[int, str]]:
+    """The buffers (owner's id, name) that the forward since `watch_buffers` wrote into, other
+    than running statistics (which a training forward writes but does not read): the ones a
+    later recompute needs a copy of, taken before the forward."""
+    return frozenset(
+        (id(owner), name) for owner, name, buffer, version in watched
+        if owner._buffers.get(name) is buffer and _version(buffer) != version
+        and not _updates_stats_in_kernel(owner))
+
+
+def copies_before(watched: List[BufferEntry], keys: Optional[FrozenSet[Tuple[int, str]]]
+                  ) -> Dict[int, torch.Tensor]:
+    """Copies of the watched buffers named by `keys` (None: every buffer up to COPY_LIMIT),
+    by the buffer's id, taken before a forward that may write into them."""
+    if keys is not None and not keys:
+        return {}
+    with torch.no_grad():
+        return {
+            id(buffer): buffer.clone() for owner, name, buffer, _version in watched
+            if ((id(owner), name) in keys if keys is not None else small(buffer))
+        }
+
+
+BufferRun = Tuple[nn.Module, str, torch.Tensor]
+
+
+def changed_buffers(watched: List[BufferEntry], copies: Optional[Dict[int, torch.Tensor]] = None
+                    ) -> List[BufferRun]:
     """The buffers that the forward since `watch_buffers` may have changed: those updated in
     place or reassigned, every buffer of a module that changed one (a kernel may have written
-    the others unseen), and normalisation running statistics."""
+    the others unseen), and normalisation running statistics. Each comes with the value its
+    recompute must read: the one the forward read (the buffer object itself where the forward
+    only reassigned it, a copy from `copies` where it wrote into it), else the value now."""
     if not watched:
         return []
     owners = {
@@ -89,21 +126,33 @@ def changed_buffers(watched: List[BufferEntry]) -> List[Tuple[nn.Module, str]]:
         if owner._buffers.get(name) is not buffer or _version(buffer) != version
         or _updates_stats_in_kernel(owner)
     }
-    return [(owner, name) for owner, name, _buffer, _version in watched if id(owner) in owners]
+    copies = copies or {}
+    changed = []
+    for owner, name, buffer, version in watched:
+        if id(owner) not in owners:
+            continue
+        now = owner._buffers.get(name)
+        if now is not buffer and _version(buffer) == version:
+            found = buffer  # reassigned: the object the forward read is untouched
+        else:
+            found = copies.get(id(buffer), now)
+        changed.append((owner, name, found))
+    return changed
 
 
 @contextlib.contextmanager
-def buffers_kept(changed: List[Tuple[nn.Module, str]]) -> Iterator[None]:
-    """The block runs on copies of the `changed` buffers; the originals come back untouched.
+def buffers_kept(changed: Sequence[BufferRun]) -> Iterator[None]:
+    """The block runs on copies of the given values of the `changed` buffers; the originals
+    come back untouched.
 
     Swapping objects instead of copying values back leaves the originals' version counters
     alone, and the recompute's own graph keeps the copies it saved (reentrant backward).
     """
-    saved = [(owner, name, owner._buffers.get(name)) for owner, name in changed]
+    saved = [(owner, name, owner._buffers.get(name)) for owner, name, _value in changed]
     with torch.no_grad():
-        for owner, name, buffer in saved:
-            if buffer is not None:
-                owner._buffers[name] = buffer.clone()
+        for owner, name, value in changed:
+            if value is not None:
+                owner._buffers[name] = value.clone()
     try:
         yield
     finally:
