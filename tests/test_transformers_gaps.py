@@ -188,3 +188,52 @@ def test_transformers_layers_inside_a_no_split_block_are_the_finer_choice():
     model = Model()  # a Handle does not keep its model alive
     handle = gcshim.apply(model)
     assert handle.layers == ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2"]
+
+
+def test_ibert_quantisation_ranges_are_read_by_the_recompute_as_the_forward_read_them(
+        reentrant):
+    """I-BERT's training forward updates its quantisation ranges (buffers it reassigns) and
+    takes its branch and scaling from them: the recompute must read them as they were."""
+    from models import assert_exact_and_recomputed, grads_of
+
+    config_class = require_attribute(transformers, "IBertConfig")
+    model_class = require_attribute(transformers, "IBertForMaskedLM")
+    torch.manual_seed(0)
+    config = config_class(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=37, quant_mode=True,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    plain = model_class(config).train()
+    model = copy.deepcopy(plain)
+    ids = torch.randint(99, (2, 7))
+
+    def step(of):
+        of.zero_grad(set_to_none=True)
+        of(input_ids=ids).logits.pow(2).mean().backward()
+
+    gcshim.apply(model, use_reentrant=reentrant)
+    for _ in range(3):  # the ranges move each step: each step's gradients depend on them
+        step(plain)
+        assert_exact_and_recomputed(model, lambda: step(model), grads_of(plain), atol=0,
+                                    rtol=0)
+        for (name, ours), theirs in zip(model.named_buffers(), plain.buffers()):
+            torch.testing.assert_close(ours, theirs, msg=name, atol=0, rtol=0)
+
+
+def test_the_sweep_judges_a_second_step_against_the_plain_second_step():
+    """A model whose step updates what its forward reads (I-BERT) has other gradients in its
+    second step; gcshim, judged on its second, is compared with the plain second step, and a
+    real difference stays wrong."""
+    first, second = {"w": torch.ones(2)}, {"w": torch.full((2,), 2.0)}
+    reference = {"grads": first, "calls": 1, "peak": 0}
+
+    def ran(grads):
+        return lambda: {"grads": grads, "calls": 2, "peak": 0}
+
+    verdict = arch_sweep._verdict(ran(second), reference, ["w"], ran(second))
+    assert verdict["status"] == "pass" and verdict["judged_on"] == "second plain step"
+    verdict = arch_sweep._verdict(ran({"w": torch.full((2,), 3.0)}), reference, ["w"],
+                                  ran(second))
+    assert verdict["status"] == "wrong-grads"
+    # a stateless model: its second plain step is its first, and the mismatch stands
+    verdict = arch_sweep._verdict(ran(second), reference, ["w"], ran(first))
+    assert verdict["status"] == "wrong-grads" and "judged_on" not in verdict
