@@ -174,7 +174,7 @@ class CheckpointedCall:
         kwargs: Dict[str, Any],
     ) -> Any:
         if self._fast and not kwargs and instance.training and torch.is_grad_enabled() \
-                and not self._flagged(instance):
+                and not (self._flags and self._flagged(instance)):
             self.last_skip = None
             return self._checkpoint_fast(wrapped, instance, args)
         if not (instance.training and torch.is_grad_enabled()):
@@ -412,15 +412,13 @@ class CheckpointedCall:
                          args: Tuple[Any, ...]) -> Any:
         """A settled layer called with tensors by position: `_checkpoint`'s work that applies
         to it, in one frame; anything else goes the long way."""
+        input_needs = False
         for arg in args:
             if type(arg) is not torch.Tensor:
                 return self._checkpoint(wrapped, module, args, {})
-        for arg in args:
-            if arg.requires_grad:
-                break
-        else:  # frozen inputs: the long way decides
-            return self._checkpoint(wrapped, module, args, {})
-        if is_compiling() or inside_other_checkpoint():
+            input_needs = input_needs or arg.requires_grad
+        if not input_needs or is_compiling() or inside_other_checkpoint():
+            # frozen inputs, a trace, a checkpoint around it: the long way decides
             return self._checkpoint(wrapped, module, args, {})
         return self._checkpoint_settled(wrapped, module, args, {}, args, tree.TENSORS_ONLY)
 
@@ -438,8 +436,10 @@ class CheckpointedCall:
                 if not recompute:
                     forward_done.append(True)
                     return wrapped(*args, **kwargs)  # the caller's own containers
-                call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                 with side_effects.RECOMPUTING:
+                    if skeleton is tree.TENSORS_ONLY:  # (never traced: settled is eager only)
+                        return wrapped(*flat)
+                    call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                     return wrapped(*call_args, **call_kwargs)
             except CONTROL_FLOW:
                 raise

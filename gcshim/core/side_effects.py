@@ -20,12 +20,17 @@ from torch import nn
 
 from .attrs import put_back, take
 
-_local = threading.local()
+
+class _Depth(threading.local):
+    depth = 0  # per thread: how many recomputes this thread is inside
+
+
+_local = _Depth()
 
 
 def is_recomputing() -> bool:
     """True inside a checkpointed layer's recompute (in the thread running it)."""
-    return getattr(_local, "depth", 0) > 0
+    return _local.depth > 0
 
 
 class _Recomputing:
@@ -35,7 +40,7 @@ class _Recomputing:
     __slots__ = ()
 
     def __enter__(self) -> None:
-        _local.depth = getattr(_local, "depth", 0) + 1
+        _local.depth += 1
 
     def __exit__(self, *exc: Any) -> None:
         _local.depth -= 1

@@ -14,6 +14,7 @@ for every tensor, including those the caller passed by keyword.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from dataclasses import dataclass
@@ -155,22 +156,23 @@ def inside_other_checkpoint() -> bool:
 
 # torch internals read by inside_other_checkpoint (feature-detected: absent means "not seen")
 _GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
-_TOP_HOOKS = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks",
-                     None)
-_TOP_HOOKS_ARGS: list = [(False,)]  # (ignore_is_tracing,) on recent torch; none on older ones
 
 
-def _top_saved_tensors_hooks() -> Any:
-    """The innermost saved-tensor hooks pair, or None."""
-    if _TOP_HOOKS is None:
-        return None
+def _find_top_hooks() -> Callable[[], Any]:
+    """The innermost saved-tensor hooks pair (or None), asked the way this torch takes it:
+    recent releases want `ignore_is_tracing`, older ones no argument."""
+    top = getattr(getattr(torch._C, "_autograd", None), "_top_saved_tensors_default_hooks",
+                  None)
+    if top is None:
+        return lambda: None
     try:
-        return _TOP_HOOKS(*_TOP_HOOKS_ARGS[0])
+        top(False)
     except TypeError:
-        if not _TOP_HOOKS_ARGS[0]:
-            raise
-        _TOP_HOOKS_ARGS[0] = ()  # an older signature: ask without the argument from now on
-        return _TOP_HOOKS()
+        return top
+    return functools.partial(top, False)  # C-level: no Python frame on every layer call
+
+
+_top_saved_tensors_hooks = _find_top_hooks()
 
 
 # torch's internal exceptions that steer the recompute (non-reentrant early stop, 2.1+): they
