@@ -93,7 +93,8 @@ class CheckpointedCall:
 
     __slots__ = ("path", "adapter", "options", "signature", "offloader", "_cache_names",
                  "_cache_in_signature", "non_reentrant", "probed", "fallback", "replays_state",
-                 "last_skip", "_policy", "_flags", "_has_buffers", "_written_buffers", "_fast")
+                 "last_skip", "_policy", "_flags", "_class_flags", "_has_buffers",
+                 "_written_buffers", "_fast")
 
     def __init__(self, adapter: Adapter, options: CheckpointOptions, signature: Signature,
                  offloader: Optional[Offloader] = None, path: str = "",
@@ -119,6 +120,10 @@ class CheckpointedCall:
         self.last_skip: Optional[str] = None
         # the attributes a framework sets where its own checkpointing may take calls over
         self._flags = tuple(f.call_flag for f in hooks.frameworks() if f.call_flag)
+        # those of them the layer's class defines (transformers' layer classes default theirs
+        # to False): only these are looked up on the class per call, where a missing one
+        # would cost getattr an AttributeError and its message every call
+        self._class_flags = self._flags
         # Decided at patch time, from the layer (never kept: it holds this call): its cache
         # policy, whether it has buffers that a forward may update (watched so that the
         # recompute does not update them again).
@@ -132,6 +137,8 @@ class CheckpointedCall:
         if layer is not None:
             self._policy = cache_policy(layer, adapter)
             self._has_buffers = _holds_buffers(layer)
+            self._class_flags = tuple(name for name in self._flags
+                                      if hasattr(type(layer), name))
 
     def status(self, module: nn.Module) -> str:
         """What happened at the layer's last call, for the report."""
@@ -157,8 +164,12 @@ class CheckpointedCall:
 
     def _flagged(self, instance: nn.Module) -> bool:
         """Whether a framework's checkpointing flag is up on the layer (then ask it)."""
+        attributes = instance.__dict__
         for name in self._flags:
-            if instance.__dict__.get(name) or getattr(type(instance), name, False):
+            if attributes.get(name):
+                return True
+        for name in self._class_flags:
+            if getattr(type(instance), name, False):
                 return True
         return False
 
