@@ -237,3 +237,22 @@ def test_the_sweep_judges_a_second_step_against_the_plain_second_step():
     # a stateless model: its second plain step is its first, and the mismatch stands
     verdict = arch_sweep._verdict(ran(second), reference, ["w"], ran(first))
     assert verdict["status"] == "wrong-grads" and "judged_on" not in verdict
+
+
+def test_float64_rounding_is_judged_against_the_float32_error():
+    """A gradient zero in exact arithmetic, behind a huge loss, is rounding noise in both
+    precisions (D-FINE's tester: 256 in float32, 2.5e-5 in float64); each gradient's float64
+    floor follows its own float32 error, so that noise passes and an error that keeps its
+    size does not."""
+    want, trainable = {"b": torch.tensor([0.0, 1e-9]), "w": torch.ones(2)}, ["b", "w"]
+    float32 = {"b": torch.tensor([256.0, 1e-9]), "w": torch.ones(2)}
+    floors = {name: arch_sweep.ROUNDING_SHRINKS * error
+              for name, error in arch_sweep.errors_of(want, float32).items()}
+    assert floors["w"] == 0.0
+    noise = {"b": torch.tensor([2.5e-5, 1e-9]), "w": torch.ones(2)}
+    assert arch_sweep.compare(want, noise, trainable) is not None  # the absolute floor: 1e-5
+    assert arch_sweep.compare(want, noise, trainable, floors) is None
+    kept = {"b": torch.tensor([200.0, 1e-9]), "w": torch.ones(2)}  # as large in float64
+    assert arch_sweep.compare(want, kept, trainable, floors) is not None
+    elsewhere = {"b": torch.zeros(2), "w": torch.tensor([1.0, 1.01])}  # a floor is per gradient
+    assert arch_sweep.compare(want, elsewhere, trainable, floors) is not None
