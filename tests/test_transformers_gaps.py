@@ -256,3 +256,18 @@ def test_float64_rounding_is_judged_against_the_float32_error():
     assert arch_sweep.compare(want, kept, trainable, floors) is not None
     elsewhere = {"b": torch.zeros(2), "w": torch.tensor([1.0, 1.01])}  # a floor is per gradient
     assert arch_sweep.compare(want, elsewhere, trainable, floors) is not None
+
+
+def test_the_sweeps_loss_leaves_out_caches_returned_at_any_depth():
+    """A vision-language model returns its language model's output, cache and all, inside its
+    own: checkpointing turns that cache off (transformers' own as much as gcshim), so a loss
+    through it would call every checkpointed step wrong (InstructBLIP's testers did)."""
+    from tools import tester_models, tiny_models
+
+    hidden, key = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    output = {"logits": hidden * 2,
+              "language_model_outputs": {"logits": hidden * 3, "past_key_values": ((key * 4,),)}}
+    found = tiny_models.output_tensors(output)
+    assert [t.shape for t in found] == [(2,), (2,)]
+    tester_models.weighted_loss(output).backward()
+    assert key.grad is None and hidden.grad is not None

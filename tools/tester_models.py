@@ -31,7 +31,6 @@ import torch
 # imported at the top of some test modules, never used to build a model
 OPTIONAL = ("datasets", "timeout_decorator", "sentencepiece")
 MAX_CLASSES = 1  # of each test case's model classes: the first (the base model, mostly)
-CACHE_OUTPUTS = ("past_key_values", "past_key_value", "cache", "mems", "presents")
 
 
 def _passthrough(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -97,17 +96,13 @@ def cases(model_dir: str) -> Iterator[Tuple[str, Any, Any, Dict[str, Any]]]:
 
 
 def weighted_loss(output: Any) -> torch.Tensor:
-    """Every floating output that needs a gradient, each through a fixed random weight: a
-    plain sum can hide a wrong gradient (behind a final LayerNorm, the sum's gradient is 0)."""
-    from gcshim.core import tree
+    """Every floating output that needs a gradient (returned caches left out, at any depth),
+    each through a fixed random weight: a plain sum can hide a wrong gradient (behind a final
+    LayerNorm, the sum's gradient is 0)."""
+    from tools.tiny_models import output_tensors
 
-    if isinstance(output, dict):  # ModelOutput
-        output = {key: value for key, value in output.items() if key not in CACHE_OUTPUTS}
-    tensors, _ = tree.flatten(output)
     total = None
-    for index, tensor in enumerate(tensors):
-        if not (tensor.is_floating_point() and tensor.requires_grad):
-            continue
+    for index, tensor in enumerate(output_tensors(output)):
         generator = torch.Generator().manual_seed(1000 + index)
         weight = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
         term = (tensor.float() * weight).sum()

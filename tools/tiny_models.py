@@ -7,6 +7,7 @@ from the model's forward signature. A few architectures need a recipe of their o
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -275,20 +276,40 @@ def make_inputs(model: Any) -> Dict[str, Any]:
 CACHE_OUTPUTS = ("past_key_values", "past_key_value", "cache", "mems", "presents")
 
 
+def output_tensors(output: Any) -> List[torch.Tensor]:
+    """The floating tensors of a model output that need a gradient, depth first, with returned
+    caches left out at any depth (a vision-language model's language-model output sits inside
+    its own, with its cache): checkpointing turns caches off, and they are no training signal."""
+    found: List[torch.Tensor] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() and node.requires_grad:
+                found.append(node)
+        elif isinstance(node, dict):  # ModelOutput among them
+            for key, value in node.items():
+                if key not in CACHE_OUTPUTS:
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+            for field in dataclasses.fields(node):
+                walk(getattr(node, field.name))
+
+    walk(output)
+    return found
+
+
 def loss_of(output: Any) -> torch.Tensor:
     """The output's loss, else the sum of the means of its floating-point tensors (returned
-    caches left out: checkpointing turns them off, and they are no training signal)."""
+    caches left out)."""
     loss = getattr(output, "loss", None)
     if isinstance(loss, torch.Tensor):
         return loss
-    from gcshim.core import tree
-
-    if isinstance(output, dict):  # ModelOutput
-        output = {key: value for key, value in output.items() if key not in CACHE_OUTPUTS}
-    elif isinstance(output, tuple):
+    if isinstance(output, tuple):
         output = output[0]
-    tensors, _ = tree.flatten(output)
-    floats = [t.float().mean() for t in tensors if t.is_floating_point() and t.requires_grad]
+    floats = [t.float().mean() for t in output_tensors(output)]
     if not floats:
         raise RuntimeError("the output has no tensor that requires grad")
     return torch.stack(floats).sum()
