@@ -441,17 +441,22 @@ def run_testers(model_dir: str, save: Callable[[List[Dict[str, Any]]], None]
             except Exception as error:
                 record.update(status="no-build", error=_short(error))
                 continue
-            working = _working_inputs(base, [inputs], counter)
-            references = working if isinstance(working, str) else _references(
-                base, working, counter)
-            if isinstance(references, str):
-                record.update(status="no-baseline", error=references)
-                continue
-            _conditions(record, base, working, references, counter,
-                        lambda _record: save(records))
+            judge(record, base, inputs, counter, lambda _record: save(records))
         return records
     finally:
         counter.close()
+
+
+def judge(record: Dict[str, Any], base: Any, inputs: Dict[str, Any], counter: CallCounter,
+          save: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Every condition's runs of a model built elsewhere (a tester's, a test's) with `inputs`,
+    into `record`: its plain step first, which must run and repeat."""
+    working = _working_inputs(base, [inputs], counter)
+    references = working if isinstance(working, str) else _references(base, working, counter)
+    if isinstance(references, str):
+        record.update(status="no-baseline", error=references)
+        return record
+    return _conditions(record, base, working, references, counter, save)
 
 
 # -- the forked runner -----------------------------------------------------------------------
