@@ -22,6 +22,14 @@ ROWS = [
     _model_reads_its_cache(
         "transformers Dory (recurrent loops share KV through the cache)", "DoryModel",
         "with a cache, later loops read the KV states earlier loops stored in it"),
+    Adapter(
+        name="transformers DiffusionGemma encoder text layers (fill the decoder's KV cache)",
+        classes=("DiffusionGemmaEncoderTextLayer",), package="transformers",
+        cache_policy="run-as-is", auto=False,
+        notes="the encoder's layers write the KV cache that the decoder's layers read in the "
+              "same training forward (transformers does not checkpoint them either); the "
+              "decoder's layers, reading the filled cache, are checkpointed with it kept",
+    ),
     transformers_row(
         name="transformers Zamba hybrid layers",
         classes=("ZambaMambaDecoderLayer", "ZambaHybridLayer", "Zamba2MambaDecoderLayer",

@@ -47,6 +47,11 @@ def _framework_layer(module: nn.Module) -> bool:
     return any(framework.is_layer(module) for framework in hooks.frameworks())
 
 
+def _holds_attention(module: nn.Module) -> bool:
+    """Whether a module inside it is an attention module (by its class name)."""
+    return any("Attention" in type(inner).__name__ for inner in module.modules())
+
+
 DECLARED = "declared"
 _TABLE = "adapter table"
 
@@ -72,8 +77,9 @@ def declared_source(matches: List[Tuple[str, nn.Module]]) -> str:
 def auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
     """What the model declares (adapter table rows and _no_split_modules, together: a VLM's
     text layers may have no row while its vision layers do; transformers'
-    GradientCheckpointingLayer instances where neither names anything, and inside a
-    _no_split_modules block, as the finer choice), then repeated blocks."""
+    GradientCheckpointingLayer instances where neither names anything, inside a
+    _no_split_modules block, as the finer choice, and beside them where they hold attention),
+    then repeated blocks."""
     no_split = _unit_class_names(model)
     counts = Counter(type(module).__name__ for module in model.modules())
     if any(counts[name] >= 2 for name in no_split):
@@ -84,10 +90,15 @@ def auto_strategies(model: nn.Module) -> Iterable[Tuple[str, LayerMatcher]]:
              if type(module).__name__ in no_split or has_specific_adapter(module)]
 
     def checkpointing_layer(name: str, module: nn.Module) -> bool:
-        # beside units the model declares (SEW-D's encoder layers), its small conv layers
-        # would be checkpointed too, for no memory saved under reentrant checkpointing
-        return _framework_layer(module) and (
-            not units or any(name.startswith(unit + ".") for unit in units))
+        if not _framework_layer(module):
+            return False
+        if not units or any(name.startswith(unit + ".") for unit in units):
+            return True
+        # Beside the units the model declares: a second stack of attention layers (CLIPSeg's
+        # decoder, beside its frozen CLIP encoders), but not small conv layers (SEW-D's
+        # feature extractor beside its encoder layers: no memory saved under reentrant).
+        return _holds_attention(module) and not any(
+            unit.startswith(name + ".") for unit in units)
 
     def declared(name: str, module: nn.Module) -> bool:
         if has_specific_adapter(module) or checkpointing_layer(name, module):
