@@ -88,6 +88,35 @@ def _holds_buffers(layer: nn.Module) -> bool:
     return False
 
 
+class _FlatOutputs:
+    """Reentrant checkpoint connects only top-level tensor outputs to autograd: the layer's
+    output leaves `run` flat and is rebuilt after; outputs that backward finds unused are
+    detached in the recompute (see `unused_outputs`)."""
+
+    __slots__ = ("skeleton", "count", "unused")
+
+    def __init__(self) -> None:
+        self.skeleton: Any = None
+        self.count = 0
+        self.unused: Optional[List[int]] = None  # filled by backward, before the recompute
+
+    def flat(self, output: Any, recompute: bool, extra: Sequence[torch.Tensor] = ()
+             ) -> Tuple[torch.Tensor, ...]:
+        tensors, self.skeleton = tree.flatten(output)
+        self.count = len(tensors)
+        flat = (*tensors, *extra)
+        if recompute and self.unused:
+            # no gradient to give them: backward skips outputs that need none
+            dropped = self.unused
+            flat = tuple(tensor.detach() if i in dropped else tensor
+                         for i, tensor in enumerate(flat))
+        return flat
+
+    def whole(self, flat: Sequence[torch.Tensor]) -> Any:
+        self.unused = unused_outputs(flat)
+        return tree.unflatten(self.skeleton, flat[:self.count])
+
+
 class CheckpointedCall:
     """The wrapt wrapper function of one patched layer (shared, immutable state)."""
 
@@ -300,12 +329,11 @@ class CheckpointedCall:
         route = probe.route() if reentrant and keeps_cache and probe is not None else None
         if route is not None:
             tensors = [*tensors, *route.tensors]
-        output_skeleton = []
+        outputs = _FlatOutputs()
         state_names = self.adapter.module_state
         state_before = side_effects.snapshot_state(module, state_names) if state_names else []
         first_forward: List[Any] = []  # the buffers the first forward updated, once it ran
         has_buffers = self._has_buffers
-        unused: List[List[int]] = []  # reentrant: the outputs backward found unused
 
         def run(*flat: torch.Tensor) -> Any:
             if compiling:
@@ -352,18 +380,7 @@ class CheckpointedCall:
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
-            if not reentrant:
-                return output
-            # Reentrant checkpoint only connects top-level tensor outputs to autograd.
-            out_tensors, out_skeleton = tree.flatten(output)
-            output_skeleton[:] = [out_skeleton, len(out_tensors)]
-            flat_output = (*out_tensors, *written)
-            if recompute and unused and unused[0]:
-                # no gradient to give them: backward skips outputs that need none
-                dropped = unused[0]
-                flat_output = tuple(tensor.detach() if i in dropped else tensor
-                                    for i, tensor in enumerate(flat_output))
-            return flat_output
+            return outputs.flat(output, recompute, written) if reentrant else output
 
         trial = None
         if probe is not None and not self.probed and self.options.use_reentrant:
@@ -392,12 +409,8 @@ class CheckpointedCall:
             if changed is not None:
                 replay.append(changed)
         if reentrant:
-            out_skeleton, out_count = output_skeleton
-            found = unused_outputs(output)
-            if found is not None:
-                unused.append(found)
             if route is not None:
-                route.write_back(output[out_count:])
+                route.write_back(output[outputs.count:])
                 node = next((t.grad_fn for t in output if t.grad_fn is not None), None)
                 if node is not None:
                     # The cache now holds outputs of this checkpoint, whose node holds `run`,
@@ -409,7 +422,7 @@ class CheckpointedCall:
                         replay.clear()
 
                     node.register_hook(release)
-            output = tree.unflatten(out_skeleton, output[:out_count])
+            output = outputs.whole(output)
         return output
 
     def _settled(self) -> bool:
