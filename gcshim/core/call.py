@@ -88,6 +88,9 @@ def _holds_buffers(layer: nn.Module) -> bool:
     return False
 
 
+_ONE_TENSOR = object()  # the skeleton of an output that is one tensor
+
+
 class _FlatOutputs:
     """Reentrant checkpoint connects only top-level tensor outputs to autograd: the layer's
     output leaves `run` flat and is rebuilt after; outputs that backward finds unused are
@@ -102,6 +105,9 @@ class _FlatOutputs:
 
     def flat(self, output: Any, recompute: bool, extra: Sequence[torch.Tensor] = ()
              ) -> Tuple[torch.Tensor, ...]:
+        if type(output) is torch.Tensor and not extra:  # the usual layer: nothing to take apart
+            self.skeleton, self.count = _ONE_TENSOR, 1
+            return (output,)
         tensors, self.skeleton = tree.flatten(output)
         self.count = len(tensors)
         flat = (*tensors, *extra)
@@ -113,6 +119,8 @@ class _FlatOutputs:
         return flat
 
     def whole(self, flat: Sequence[torch.Tensor]) -> Any:
+        if self.skeleton is _ONE_TENSOR:  # one output: unused, its node never runs
+            return flat[0]
         self.unused = unused_outputs(flat)
         return tree.unflatten(self.skeleton, flat[:self.count])
 
@@ -288,7 +296,8 @@ class CheckpointedCall:
                         "again", logging.INFO)
             self.last_skip = "nested"
             return wrapped(*args, **kwargs)
-        if not compiling and not keeps_cache and self._settled():
+        if not compiling and not keeps_cache and self._settled() and (
+                not self.options.use_reentrant or input_needs and not _ddp_breaks_reentrant()):
             self._fast = self._policy != "run-as-is" and not self._cache_in_signature
             return self._checkpoint_settled(wrapped, module, args, kwargs, tensors, skeleton)
         options = self.options
@@ -427,10 +436,10 @@ class CheckpointedCall:
 
     def _settled(self) -> bool:
         """A layer whose first call found nothing to replay or fall back for, with no buffers,
-        state or offload, checkpointed non-reentrant: the usual layer, on a short path."""
+        state or offload: the usual layer, on a short path."""
         return (self.probed and self.fallback is None and self.replays_state is None
                 and not self._has_buffers and not self.adapter.module_state
-                and self.offloader is None and not self.options.use_reentrant)
+                and self.offloader is None)
 
     def _checkpoint_fast(self, wrapped: Callable[..., Any], module: nn.Module,
                          args: Tuple[Any, ...]) -> Any:
@@ -441,8 +450,9 @@ class CheckpointedCall:
             if type(arg) is not torch.Tensor:
                 return self._checkpoint(wrapped, module, args, {})
             input_needs = input_needs or arg.requires_grad
-        if not input_needs or is_compiling() or inside_other_checkpoint():
-            # frozen inputs, a trace, a checkpoint around it: the long way decides
+        if not input_needs or is_compiling() or inside_other_checkpoint() or (
+                self.options.use_reentrant and _ddp_breaks_reentrant()):
+            # frozen inputs, a trace, a checkpoint around it, DDP: the long way decides
             return self._checkpoint(wrapped, module, args, {})
         return self._checkpoint_settled(wrapped, module, args, {}, args, tree.TENSORS_ONLY)
 
@@ -453,25 +463,31 @@ class CheckpointedCall:
         bookkeeping that cannot apply to it."""
         count = len(tensors)
         forward_done = []
+        outputs = _FlatOutputs() if self.options.use_reentrant else None
 
         def run(*flat: torch.Tensor) -> Any:
             recompute = bool(forward_done)
             try:
                 if not recompute:
                     forward_done.append(True)
-                    return wrapped(*args, **kwargs)  # the caller's own containers
-                with side_effects.RECOMPUTING:
-                    if skeleton is tree.TENSORS_ONLY:  # (never traced: settled is eager only)
-                        return wrapped(*flat)
-                    call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
-                    return wrapped(*call_args, **call_kwargs)
+                    output = wrapped(*args, **kwargs)  # the caller's own containers
+                else:
+                    with side_effects.RECOMPUTING:
+                        if skeleton is tree.TENSORS_ONLY:  # (never traced: eager only)
+                            output = wrapped(*flat)
+                        else:
+                            call_args, call_kwargs = tree.unflatten_call(skeleton,
+                                                                         flat[:count])
+                            output = wrapped(*call_args, **call_kwargs)
             except CONTROL_FLOW:
                 raise
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
+            return output if outputs is None else outputs.flat(output, recompute)
 
-        return checkpoint(run, tensors, self.options)
+        output = checkpoint(run, tensors, self.options)
+        return output if outputs is None else outputs.whole(output)
 
     def _note_error(self, error: Exception, module: nn.Module, recompute: bool) -> None:
         """Say where a layer's own error passed through gcshim (torch's early-stop exception,
