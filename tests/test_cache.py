@@ -182,3 +182,54 @@ def test_default_use_cache_true_is_neutralised():
             h = out[0]
     h.sum().backward()
     assert all(flag is False for layer in model for flag in layer.flags)
+
+
+class _GrowingCache:
+    """A cache object like transformers' DynamicCache: empty until a layer updates it."""
+
+    def __init__(self):
+        self.keys = []
+
+    def get_seq_length(self):
+        return len(self.keys)
+
+    def to_legacy_cache(self):
+        return tuple(self.keys)
+
+
+class NoFlagCacheBlock(torch.nn.Module):
+    """GIT's layer on transformers 4.4x-4.5x: no use_cache switch; it updates the cache it is
+    passed and returns it last, every call, for its stack to read at index -1."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(WIDTH, WIDTH)
+
+    def forward(self, hidden_states, attention_mask=None, past_key_value=None):
+        out = torch.tanh(self.lin(hidden_states)) + hidden_states
+        if past_key_value is not None:
+            past_key_value.keys.append(out)
+        return out, past_key_value
+
+
+def test_a_layer_without_a_use_cache_switch_hands_its_stack_the_cache_it_was_passed(
+        reentrant):
+    model = torch.nn.ModuleList([NoFlagCacheBlock(), NoFlagCacheBlock()])
+    x = torch.randn(3, WIDTH, requires_grad=True)
+
+    def step():
+        h, cache = x, _GrowingCache()
+        for layer in model:
+            outputs = layer(h, None, cache)
+            h, cache = outputs[0], outputs[-1]
+        h.pow(2).sum().backward()
+        return cache.to_legacy_cache()  # what the stack does with it: it must be there
+
+    step()
+    reference = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    gcshim.apply(torch.nn.Sequential(*model), layers=NoFlagCacheBlock, use_reentrant=reentrant)
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        assert_exact_and_recomputed(model, step, reference)
+    assert step() == ()  # the caller's cache, neutralised: nothing collected while training

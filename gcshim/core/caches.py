@@ -142,15 +142,24 @@ def restore_output(adapter: Adapter, output: Any, edit: Optional[CacheEdit]) -> 
     """Put the cache slot back into a tuple output whose caller asked for a cache.
 
     The slot gets the cache the caller passed in (not updated), so code that collects or
-    converts it keeps working; a layer that returns a single tensor is left as it is.
+    converts it keeps working; a layer that returns a single tensor is left as it is. A layer
+    with no `use_cache` switch returns its slot anyway, holding the None gcshim passed: the
+    caller's cache goes there.
     """
-    if edit is None or not edit.flag_dropped or type(output) is not tuple:
+    if edit is None or type(output) is not tuple:
         return output
     slot = adapter.cache_slot
     if callable(slot):
         slot = slot(edit.argument)
     if slot == "auto":
         slot = 1 if edit.cache_name == "layer_past" else "append"
+    if not edit.flag_dropped:
+        # No use_cache switch (GIT's layers on 4.4x-4.5x): the layer returns its cache slot at
+        # every call, last or where its row says, and holds there the None it was passed
+        at = -1 if slot in ("append", "last") else slot
+        if edit.passed_cache is None or not output or output[at] is not None:
+            return output
+        return output[:at] + (edit.passed_cache,) + (output[at + 1:] if at != -1 else ())
     if slot == "append":
         return output + (edit.passed_cache,)
     if slot == "last":
