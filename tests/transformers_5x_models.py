@@ -11,12 +11,10 @@ kinds of layers, smaller.
 import torch
 
 
-def build_pp_formulanet():
-    torch.manual_seed(0)
-    from transformers import PPFormulaNetConfig, PPFormulaNetForConditionalGeneration
-
-    d_model = 32
-    vision_config = dict(
+def _windowed_vision() -> dict:
+    """The vision tower PP-FormulaNet and SLANeXt share (windowed and global attention layers,
+    64x64 images), small."""
+    return dict(
         hidden_size=32,
         output_channels=16,
         num_hidden_layers=2,
@@ -31,6 +29,16 @@ def build_pp_formulanet():
         use_rel_pos=True,
         # the default initializer_range, 1e-10, makes the vision tower's output about 1e-20
         initializer_range=0.02,
+    )
+
+
+def build_pp_formulanet():
+    torch.manual_seed(0)
+    from transformers import PPFormulaNetConfig, PPFormulaNetForConditionalGeneration
+
+    d_model = 32
+    vision_config = dict(
+        _windowed_vision(),
         post_conv_in_channels=16,  # must equal output_channels
         post_conv_mid_channels=32,
         post_conv_out_channels=32,
@@ -65,23 +73,8 @@ def build_slanext():
     torch.manual_seed(0)
     from transformers import SLANeXtConfig, SLANeXtForTableRecognition
 
-    vision_config = dict(
-        hidden_size=32,
-        output_channels=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_channels=3,
-        image_size=64,
-        patch_size=8,
-        mlp_dim=64,
-        window_size=4,
-        global_attn_indexes=[1],
-        use_abs_pos=True,
-        use_rel_pos=True,
-        initializer_range=0.02,  # default 1e-10 makes the vision tower output ~0
-    )
     config = SLANeXtConfig(
-        vision_config=vision_config,
+        vision_config=_windowed_vision(),
         post_conv_in_channels=16,  # must equal vision output_channels
         post_conv_out_channels=32,
         out_channels=12,
