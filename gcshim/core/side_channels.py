@@ -33,7 +33,7 @@ from torch import nn
 
 from .._log import warn_once
 from ..errors import SideChannelError
-from .side_effects import RECOMPUTING, _version, buffers_kept, small
+from .side_effects import RECOMPUTING, _version, buffers_kept, nbytes, small
 
 _MAX_DEPTH = 5
 _MAX_NODES = 20_000
@@ -217,10 +217,6 @@ def _put_items(container: Any, items: List[Tuple[Any, Any]]) -> None:
         state.update(items)
 
 
-def _size(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def _same_items(now: List[Tuple[Any, Any]], before: List[Tuple[Any, Any]]) -> bool:
     return len(now) == len(before) and all(
         key == was_key and value is was for (key, value), (was_key, was) in zip(now, before))
@@ -332,7 +328,7 @@ class Probe:
             raise SideChannelError(
                 f"gcshim: layer {self._layer} writes in place into "
                 f"{too_large.where[len('attribute '):]!r}"
-                f", a tensor of {_size(too_large.tensor)} bytes it keeps as a plain attribute: "
+                f", a tensor of {nbytes(too_large.tensor)} bytes it keeps as a plain attribute: "
                 "too large for gcshim to copy at every call, and its recompute would start from "
                 "what the forward wrote. Leave this layer out of `layers`.")
         return written

@@ -61,8 +61,12 @@ BufferEntry = Tuple[nn.Module, str, torch.Tensor, int]
 COPY_LIMIT = 1 << 20  # bytes: larger buffers (rotary tables) are watched, not copied
 
 
+def nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def small(tensor: torch.Tensor) -> bool:
-    return tensor.numel() * tensor.element_size() <= COPY_LIMIT
+    return nbytes(tensor) <= COPY_LIMIT
 
 
 def _version(tensor: torch.Tensor) -> int:
