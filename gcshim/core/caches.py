@@ -156,10 +156,10 @@ def restore_output(adapter: Adapter, output: Any, edit: Optional[CacheEdit]) -> 
     if not edit.flag_dropped:
         # No use_cache switch (GIT's layers on 4.4x-4.5x): the layer returns its cache slot at
         # every call, last or where its row says, and holds there the None it was passed
-        at = -1 if slot in ("append", "last") else slot
-        if edit.passed_cache is None or not output or output[at] is not None:
+        at = len(output) - 1 if slot in ("append", "last") else slot
+        if edit.passed_cache is None or not 0 <= at < len(output) or output[at] is not None:
             return output
-        return output[:at] + (edit.passed_cache,) + (output[at + 1:] if at != -1 else ())
+        return output[:at] + (edit.passed_cache,) + output[at + 1:]
     if slot == "append":
         return output + (edit.passed_cache,)
     if slot == "last":
