@@ -19,6 +19,7 @@ Optional packages the test modules import at the top (datasets) are stubbed when
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
 import sys
 import types
@@ -64,7 +65,10 @@ def prepare(checkout: Path) -> None:
         try:
             importlib.import_module(name)
         except ImportError:
-            sys.modules[name] = _Stub(name)
+            stub = _Stub(name)
+            # `importlib.util.find_spec` of an imported module reads its spec (5.x tests ask)
+            stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            sys.modules[name] = stub
 
 
 def model_dirs(checkout: Path) -> List[str]:
