@@ -1,16 +1,22 @@
 """Models whose own checkpointing transformers lacks, breaks, or turns into a silent no-op."""
 
 import copy
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 import gcshim
 from gcshim.adapters import find_adapter
 
 transformers = pytest.importorskip("transformers")
+import downstream  # noqa: E402
 from sweep_records import arch_sweep, require_attribute, require_ran  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
 
 # supports_gradient_checkpointing = False (enable raises), and the hybrids sharing one block
 UNSUPPORTED = ["albert", "ctrl", "openai-gpt", "xlnet", "mpnet", "squeezebert", "funnel",
@@ -304,3 +310,39 @@ def test_layers_transformers_checkpoints_in_5x_models_gcshim_checkpoints_too(nam
             assert ours["recomputed"] >= theirs["recomputed"], (name, condition)
         if name not in PEAK_NOT_LOWER:
             assert ours["peak_ratio"] < 1.0, (name, condition, ours)
+
+
+# -- Gemma 3n before 5.6: KV sharing through the cache (tests/kv_sharing_models.py) ----------
+def test_gemma3n_kv_sharing_on_the_installed_release_is_checkpointed_exactly():
+    import kv_sharing_models
+
+    result = kv_sharing_models.check(reentrant=False)
+    if "absent" in result:
+        pytest.skip(result["absent"])
+    assert not result["wrong"], result
+    if kv_sharing_models.SHARES_THROUGH_CACHE:
+        assert result["statuses"] == ["skipped: fills a cache its model reads later"], result
+    else:  # the shared states are an argument: the cache only collects, and is neutralised
+        assert result["statuses"] == ["checkpointed"], result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", downstream.releases())
+def test_gemma3n_kv_sharing_through_the_cache_runs_as_is_on_older_releases(target):
+    """4.57.6 (and 5.0-5.5) read shared keys and values off the cache: gcshim leaves the calls
+    that carry one un-checkpointed, says so once, and the gradients are exact; without the
+    table's row they would be silently wrong."""
+    results = downstream.run_script([sys.executable, str(HERE / "kv_sharing_models.py")],
+                                    pythonpath=target)
+    if any("absent" in r for r in results):
+        pytest.skip(results[0]["absent"])
+    *with_row, without_row = results
+    for result in with_row:
+        assert not result["wrong"], result
+        if Version(result["transformers"]).release < (5, 6):
+            assert result["statuses"] == ["skipped: fills a cache its model reads later"]
+            assert result["adapters"] == [
+                "transformers Gemma 3n text (<5.6: KV sharing through the cache)"]
+    if Version(without_row["transformers"]).release < (5, 6):
+        assert without_row["wrong"], without_row  # what the row is there for
+        assert any("train with use_cache=False" in w for r in with_row for w in r["warnings"])

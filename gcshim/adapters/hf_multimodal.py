@@ -9,10 +9,18 @@ def _any_layer(cls: type) -> bool:
     return True
 
 
-def _model_reads_its_cache(name: str, model_class: str, notes: str) -> Adapter:
+def _model_reads_its_cache(name: str, model_class: str, notes: str,
+                           versions: str = "") -> Adapter:
     """Every layer inside `model_class`: a call that carries a cache runs un-checkpointed."""
     return Adapter(name=name, predicate=_any_layer, within=(model_class,), package="transformers",
-                   cache_policy="run-as-is", auto=False, notes=notes)
+                   versions=versions, cache_policy="run-as-is", auto=False, notes=notes)
+
+
+# Gemma 3n and Gemma 4 before 5.6: with a cache, the KV-shared layers read the keys and values
+# an earlier layer stored on it (`cache.shared_layers`); without one they compute their own.
+# Taking the cache away changes what the model computes. (5.6 passes them as an argument.)
+_KV_SHARED_THROUGH_CACHE = ("with a cache (made in training too from 5.0), KV-shared layers "
+                            "read the keys and values earlier layers stored on it")
 
 
 ROWS = [
@@ -22,6 +30,12 @@ ROWS = [
     _model_reads_its_cache(
         "transformers Dory (recurrent loops share KV through the cache)", "DoryModel",
         "with a cache, later loops read the KV states earlier loops stored in it"),
+    _model_reads_its_cache(
+        "transformers Gemma 3n text (<5.6: KV sharing through the cache)", "Gemma3nTextModel",
+        _KV_SHARED_THROUGH_CACHE, versions="<5.6"),
+    _model_reads_its_cache(
+        "transformers Gemma 4 text (<5.6: KV sharing through the cache)", "Gemma4TextModel",
+        _KV_SHARED_THROUGH_CACHE, versions="<5.6"),
     Adapter(
         name="transformers DiffusionGemma encoder text layers (fill the decoder's KV cache)",
         classes=("DiffusionGemmaEncoderTextLayer",), package="transformers",
