@@ -250,7 +250,8 @@ class CheckpointedCall:
             warn_once(
                 f"cache-needed:{type(instance).__module__}.{layer}",
                 f"gcshim: {layer} fills a cache its model reads later, so calls that pass one "
-                "run without checkpointing. Shown once per layer class.",
+                "run without checkpointing (same gradients, no memory saved). To checkpoint "
+                "them, train with use_cache=False. Shown once per layer class.",
             )
             self.last_skip = "cache"
             return wrapped(*args, **kwargs)
