@@ -430,6 +430,9 @@ def run_testers(model_dir: str, save: Callable[[List[Dict[str, Any]]], None]
         except Exception as error:
             return [{"arch": model_dir, "source": "testers", "status": "no-build",
                      "transformers": transformers.__version__, "error": _short(error)}]
+        if not built:  # integration tests only (CamemBERT, RAG, the encoder-decoder wrappers)
+            return [{"arch": model_dir, "source": "testers", "status": "no-tester",
+                     "transformers": transformers.__version__}]
         for name, model_class, config, inputs in built:
             record: Dict[str, Any] = {"arch": name, "source": "testers",
                                       "transformers": transformers.__version__,
@@ -524,7 +527,7 @@ def sweep(model_types: List[str], out: Path, timeout: float, jobs: int,
                                 "status": "timeout" if not done else "crashed"}]
                 for record in records:
                     if not done and record.get("status") not in ("ran", "no-build",
-                                                                 "no-baseline"):
+                                                                 "no-baseline", "no-tester"):
                         record["status"] = "timeout"
                     for entry in record.get("conditions", {}).values():  # runs never reached
                         entry.setdefault("gcshim", {"status": "timeout"})
