@@ -223,8 +223,20 @@ class CheckpointedCall:
     ) -> Any:
         if self._fast and not kwargs and instance.training and torch.is_grad_enabled() \
                 and not (self._flags and self._flagged(instance)):
-            self.last_skip = None
-            return self._checkpoint_fast(wrapped, instance, args)
+            # A settled layer called with tensors by position (the usual layer): `_checkpoint`'s
+            # checks that can apply to it, in this frame. Anything else goes the long way.
+            input_needs = False
+            for arg in args:
+                if type(arg) is not torch.Tensor:
+                    break
+                if arg.requires_grad:
+                    input_needs = True
+            else:
+                if input_needs and not is_compiling() and not inside_other_checkpoint() and not (
+                        self.options.use_reentrant and _ddp_breaks_reentrant()):
+                    self.last_skip = None
+                    return self._checkpoint_settled(wrapped, instance, args, {}, args,
+                                                    tree.TENSORS_ONLY)
         if not (instance.training and torch.is_grad_enabled()):
             self.last_skip = skip_reason(instance)
             return wrapped(*args, **kwargs)
@@ -442,21 +454,6 @@ class CheckpointedCall:
                 and not self._has_buffers and not self.adapter.module_state
                 and self.offloader is None)
 
-    def _checkpoint_fast(self, wrapped: Callable[..., Any], module: nn.Module,
-                         args: Tuple[Any, ...]) -> Any:
-        """A settled layer called with tensors by position: `_checkpoint`'s work that applies
-        to it, in one frame; anything else goes the long way."""
-        input_needs = False
-        for arg in args:
-            if type(arg) is not torch.Tensor:
-                return self._checkpoint(wrapped, module, args, {})
-            input_needs = input_needs or arg.requires_grad
-        if not input_needs or is_compiling() or inside_other_checkpoint() or (
-                self.options.use_reentrant and _ddp_breaks_reentrant()):
-            # frozen inputs, a trace, a checkpoint around it, DDP: the long way decides
-            return self._checkpoint(wrapped, module, args, {})
-        return self._checkpoint_settled(wrapped, module, args, {}, args, tree.TENSORS_ONLY)
-
     def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
                             args: Tuple[Any, ...], kwargs: Dict[str, Any],
                             tensors: Sequence[torch.Tensor], skeleton: Any) -> Any:
@@ -465,6 +462,7 @@ class CheckpointedCall:
         count = len(tensors)
         forward_done = []
         outputs = _FlatOutputs() if self.options.use_reentrant else None
+        depth = side_effects.recompute_depth
 
         def run(*flat: torch.Tensor) -> Any:
             recompute = bool(forward_done)
@@ -473,13 +471,16 @@ class CheckpointedCall:
                     forward_done.append(True)
                     output = wrapped(*args, **kwargs)  # the caller's own containers
                 else:
-                    with side_effects.RECOMPUTING:
+                    depth.depth += 1  # RECOMPUTING's work, without its two calls
+                    try:
                         if skeleton is tree.TENSORS_ONLY:  # (never traced: eager only)
                             output = wrapped(*flat)
                         else:
                             call_args, call_kwargs = tree.unflatten_call(skeleton,
                                                                          flat[:count])
                             output = wrapped(*call_args, **call_kwargs)
+                    finally:
+                        depth.depth -= 1
             except CONTROL_FLOW:
                 raise
             except Exception as error:

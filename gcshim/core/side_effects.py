@@ -25,12 +25,12 @@ class _Depth(threading.local):
     depth = 0  # per thread: how many recomputes this thread is inside
 
 
-_local = _Depth()
+recompute_depth = _Depth()  # (the call path's settled recompute counts it inline)
 
 
 def is_recomputing() -> bool:
     """True inside a checkpointed layer's recompute (in the thread running it)."""
-    return _local.depth > 0
+    return recompute_depth.depth > 0
 
 
 class _Recomputing:
@@ -40,10 +40,10 @@ class _Recomputing:
     __slots__ = ()
 
     def __enter__(self) -> None:
-        _local.depth += 1
+        recompute_depth.depth += 1
 
     def __exit__(self, *exc: Any) -> None:
-        _local.depth -= 1
+        recompute_depth.depth -= 1
 
 
 RECOMPUTING = _Recomputing()  # `with RECOMPUTING:` around a recompute
