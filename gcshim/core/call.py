@@ -486,10 +486,12 @@ class CheckpointedCall:
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
-            return output if outputs is None else outputs.flat(output, recompute)
+            if outputs is None or type(output) is torch.Tensor:  # one tensor: nothing to flatten
+                return output
+            return outputs.flat(output, recompute)
 
         output = checkpoint(run, tensors, self.options)
-        return output if outputs is None else outputs.whole(output)
+        return output if outputs is None or type(output) is torch.Tensor else outputs.whole(output)
 
     def _note_error(self, error: Exception, module: nn.Module, recompute: bool) -> None:
         """Say where a layer's own error passed through gcshim (torch's early-stop exception,
