@@ -7,7 +7,8 @@ training too (`use_cache` defaults on); 4.53-4.57 use it when the caller passes 
 the shared states travel as an argument and the cache only collects.
 
 `check(reentrant, with_row)` trains one step of the tester's tiny text model with a cache,
-under gcshim.apply, and compares every gradient with the un-checkpointed step; `with_row=False`
+under gcshim.apply, compares every gradient with the un-checkpointed step and counts the
+patched layers backward recomputed; `with_row=False`
 takes the table's row for it away, to show what the row prevents. Run as a script it prints one
 JSON line per case for the installed transformers (the tests run it on other releases in a
 subprocess).
@@ -15,6 +16,7 @@ subprocess).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -22,10 +24,11 @@ from typing import Any, Dict
 
 import torch
 import transformers
+from models import grads_of, recomputed_modules, table_without
 from packaging.version import Version
 
 import gcshim
-from gcshim.adapters import registry
+from gcshim.core.patching import iter_patched
 
 # the sizes of transformers' own Gemma3nTextModelTester: four layers, the last two sharing
 CONFIG = dict(vocab_size=99, vocab_size_per_layer_input=99, hidden_size=16,
@@ -44,7 +47,7 @@ def _step(model: torch.nn.Module, ids: torch.Tensor, weight: torch.Tensor
     cache = DynamicCache(config=model.config)
     output = model(input_ids=ids, past_key_values=cache, use_cache=True)
     (output.last_hidden_state * weight).sum().backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return grads_of(model)
 
 
 def check(reentrant: bool, with_row: bool = True) -> Dict[str, Any]:
@@ -62,24 +65,23 @@ def check(reentrant: bool, with_row: bool = True) -> Dict[str, Any]:
     ids = torch.randint(0, 99, (2, 7), generator=generator)
     weight = torch.randn(2, 7, 16, generator=generator)
     reference = _step(plain, ids, weight)
-    removed = []
-    if not with_row:
-        removed = [row for row in registry._BUILTIN if "Gemma 3n" in row.name]
-        for row in removed:
-            registry._BUILTIN.remove(row)
-        registry._covering.clear()  # the lookup cache knows the table as it was
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            gcshim.apply(model, use_reentrant=reentrant)
+    table = (contextlib.nullcontext() if with_row
+             else table_without(lambda row: "Gemma 3n" in row.name))
+    with table, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gcshim.apply(model, use_reentrant=reentrant)
+        with recomputed_modules() as seen:
             grads = _step(model, ids, weight)
         report = gcshim.report(model)
-    finally:
-        registry._BUILTIN.extend(removed)
-        registry._covering.clear()
-    result["wrong"] = sorted(name for name, value in reference.items()
-                             if name not in grads or not torch.allclose(
-                                 grads[name], value, rtol=1e-4, atol=1e-6))
+    patched = [module for _path, module, _wrapper in iter_patched(model)]
+    result["patched"] = len(patched)
+    result["recomputed"] = sum(any(id(inner) in seen for inner in module.modules())
+                               for module in patched)
+    # every parameter: one with a gradient on only one side is wrong too
+    result["wrong"] = sorted(name for name in reference.keys() | grads.keys()
+                             if name not in grads or name not in reference
+                             or not torch.allclose(grads[name], reference[name],
+                                                   rtol=1e-4, atol=1e-6))
     result["statuses"] = sorted({row.status for row in report.rows})
     result["adapters"] = sorted({row.adapter for row in report.rows})
     result["warnings"] = sorted({str(w.message) for w in caught

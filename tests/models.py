@@ -275,6 +275,23 @@ def recomputed_modules() -> Iterator[set]:
         hook.remove()
 
 
+@contextlib.contextmanager
+def table_without(unwanted: Callable[[object], bool]) -> Iterator[None]:
+    """The adapter table with the rows `unwanted` picks taken out, in order otherwise (to show
+    what those rows prevent); the table as it was afterwards."""
+    from gcshim.adapters import registry
+
+    saved = list(registry._BUILTIN)
+    registry._BUILTIN[:] = [row for row in saved if not unwanted(row)]
+    assert len(registry._BUILTIN) < len(saved), "no row to take out"
+    registry._covering.clear()  # the lookup cache knows the table as it was
+    try:
+        yield
+    finally:
+        registry._BUILTIN[:] = saved
+        registry._covering.clear()
+
+
 def assert_exact_and_recomputed(model: nn.Module, step: Callable[[], object],
                                 reference: Dict[str, torch.Tensor], atol: float = 1e-5,
                                 rtol: float = 1e-5) -> None:

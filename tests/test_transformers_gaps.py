@@ -320,10 +320,13 @@ def test_gemma3n_kv_sharing_on_the_installed_release_is_checkpointed_exactly():
     if "absent" in result:
         pytest.skip(result["absent"])
     assert not result["wrong"], result
+    assert result["patched"] > 0, result
     if kv_sharing_models.SHARES_THROUGH_CACHE:
         assert result["statuses"] == ["skipped: fills a cache its model reads later"], result
+        assert result["recomputed"] == 0, result
     else:  # the shared states are an argument: the cache only collects, and is neutralised
         assert result["statuses"] == ["checkpointed"], result
+        assert result["recomputed"] == result["patched"], result
 
 
 @pytest.mark.slow
@@ -339,8 +342,12 @@ def test_gemma3n_kv_sharing_through_the_cache_runs_as_is_on_older_releases(targe
     *with_row, without_row = results
     for result in with_row:
         assert not result["wrong"], result
+        assert result["patched"] > 0, result
         if Version(result["transformers"]).release < (5, 6):
             assert result["statuses"] == ["skipped: fills a cache its model reads later"]
+            assert result["recomputed"] == 0, result  # run as they are, by design
+        else:
+            assert result["recomputed"] == result["patched"], result
             assert result["adapters"] == [
                 "transformers Gemma 3n text (<5.6: KV sharing through the cache)"]
     if Version(without_row["transformers"]).release < (5, 6):
