@@ -1,6 +1,7 @@
 """Running forward twice (the recompute) changes nothing an un-checkpointed step would not."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -162,6 +163,55 @@ def test_is_recomputing_is_true_only_in_the_recompute(reentrant):
     model.eval()
     model(torch.randn(3, 8))
     assert seen[-2:] == [False, False]
+
+
+def test_is_recomputing_is_per_thread(reentrant):
+    """While one thread runs a recompute, another thread's forward is not one."""
+    in_recompute, release = threading.Event(), threading.Event()
+
+    class WaitsInRecompute(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if gcshim.is_recomputing() and threading.current_thread() is not main:
+                in_recompute.set()
+                assert release.wait(30)
+            return self.lin(x)
+
+    main = threading.current_thread()
+    model = nn.Sequential(WaitsInRecompute(), WaitsInRecompute())
+    gcshim.apply(model, use_reentrant=reentrant)
+    for _ in range(2):  # settled: the short call path
+        model(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            seen.append(gcshim.is_recomputing())
+            return self.lin(x)
+
+    other = nn.Sequential(Recording())
+    gcshim.apply(other, layers=Recording, use_reentrant=reentrant)
+    out = model(torch.randn(2, 4, requires_grad=True))
+    worker = threading.Thread(target=lambda: out.sum().backward())
+    worker.start()
+    try:
+        assert in_recompute.wait(30)
+        assert not gcshim.is_recomputing()
+        other(torch.randn(2, 4, requires_grad=True)).sum().backward()
+    finally:
+        release.set()
+        worker.join(30)
+    assert not worker.is_alive()
+    checks = CHECK_RUNS[reentrant]
+    assert seen == [True] * checks + [False, True]  # this thread's forward, then its recompute
+    assert model[0].lin.weight.grad is not None
 
 
 def test_is_recomputing_resets_when_the_recompute_raises():

@@ -20,9 +20,12 @@ from .torch_checkpoint import (
     CONTROL_FLOW,
     CheckpointOptions,
     checkpoint,
+    checkpoint_hooks_on_top,
+    current_graph_task_id,
     inside_other_checkpoint,
     is_compiling,
     non_reentrant_saves_inputs,
+    top_saved_tensors_hooks,
     unused_outputs,
 )
 
@@ -201,14 +204,9 @@ class CheckpointedCall:
 
     def _flagged(self, instance: nn.Module) -> bool:
         """Whether a framework's checkpointing flag is up on the layer (then ask it)."""
-        attributes = instance.__dict__
-        for name in self._flags:
-            if attributes.get(name):
-                return True
-        for name in self._class_flags:
-            if getattr(type(instance), name, False):
-                return True
-        return False
+        if any(map(instance.__dict__.get, self._flags)):
+            return True
+        return any(getattr(type(instance), name, False) for name in self._class_flags)
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
@@ -222,7 +220,8 @@ class CheckpointedCall:
         kwargs: Dict[str, Any],
     ) -> Any:
         if self._fast and not kwargs and instance.training and torch.is_grad_enabled() \
-                and not (self._flags and self._flagged(instance)):
+                and not (self._flags and (any(map(instance.__dict__.get, self._flags))
+                                          or self._class_flags and self._flagged(instance))):
             # A settled layer called with tensors by position (the usual layer): `_checkpoint`'s
             # checks that can apply to it, in this frame. Anything else goes the long way.
             input_needs = False
@@ -232,7 +231,10 @@ class CheckpointedCall:
                 if arg.requires_grad:
                     input_needs = True
             else:
-                if input_needs and not is_compiling() and not inside_other_checkpoint() and not (
+                # (inside_other_checkpoint(), spelled out: here a call costs more than the check)
+                hooks = top_saved_tensors_hooks() if input_needs else None
+                if input_needs and not is_compiling() and current_graph_task_id() == -1 and (
+                        hooks is None or not checkpoint_hooks_on_top(hooks)) and not (
                         self.options.use_reentrant and _ddp_breaks_reentrant()):
                     self.last_skip = None
                     return self._checkpoint_settled(wrapped, instance, args, {}, args,
@@ -385,11 +387,9 @@ class CheckpointedCall:
                 else:  # the recompute: the containers as they were before the forward
                     call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                     if not first_forward[0] and not state_before and not replay:  # the usual
-                        with side_effects.RECOMPUTING:
-                            output = wrapped(*call_args, **call_kwargs)
+                        output = wrapped(*call_args, **call_kwargs)
                     else:
-                        with side_effects.RECOMPUTING, \
-                                side_effects.buffers_kept(first_forward[0]), \
+                        with side_effects.buffers_kept(first_forward[0]), \
                                 side_effects.state_replayed(module, state_names, state_before), \
                                 side_effects.maybe(replay[0] if replay else None), \
                                 side_effects.maybe(route and route.reading(
@@ -462,25 +462,18 @@ class CheckpointedCall:
         count = len(tensors)
         forward_done = []
         outputs = _FlatOutputs() if self.options.use_reentrant else None
-        depth = side_effects.recompute_depth
 
         def run(*flat: torch.Tensor) -> Any:
-            recompute = bool(forward_done)
+            recompute = bool(forward_done)  # (is_recomputing() reads it on the stack)
             try:
                 if not recompute:
                     forward_done.append(True)
                     output = wrapped(*args, **kwargs)  # the caller's own containers
+                elif skeleton is tree.TENSORS_ONLY:  # (never traced: eager only)
+                    output = wrapped(*flat)
                 else:
-                    depth.depth += 1  # RECOMPUTING's work, without its two calls
-                    try:
-                        if skeleton is tree.TENSORS_ONLY:  # (never traced: eager only)
-                            output = wrapped(*flat)
-                        else:
-                            call_args, call_kwargs = tree.unflatten_call(skeleton,
-                                                                         flat[:count])
-                            output = wrapped(*call_args, **call_kwargs)
-                    finally:
-                        depth.depth -= 1
+                    call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
+                    output = wrapped(*call_args, **call_kwargs)
             except CONTROL_FLOW:
                 raise
             except Exception as error:
@@ -553,3 +546,8 @@ class CheckpointedCall:
             "To choose yourself: use_reentrant=False, or strict=True to raise instead. Shown "
             "once per layer.",
         )
+
+
+# The recomputes run in these closures: is_recomputing() finds them on the stack.
+side_effects.mark_recompute_frames(CheckpointedCall._checkpoint, "run", "recompute")
+side_effects.mark_recompute_frames(CheckpointedCall._checkpoint_settled, "run", "recompute")

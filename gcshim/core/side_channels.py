@@ -33,7 +33,7 @@ from torch import nn
 
 from .._log import warn_once
 from ..errors import SideChannelError
-from .side_effects import RECOMPUTING, _version, buffers_kept, nbytes, small
+from .side_effects import _version, as_recompute, buffers_kept, nbytes, small
 
 _MAX_DEPTH = 5
 _MAX_NODES = 20_000
@@ -468,9 +468,8 @@ def run_without_grad(call: Callable[[], Any], layer: nn.Module, probe: Probe,
                 (copied if small(value) else large).append((owner, name, value))
     watched = [(owner, name, value, _version(value)) for owner, name, value in large]
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                buffers_kept(copied), RECOMPUTING:
-            return True, call()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices), buffers_kept(copied):
+            return True, as_recompute(call)
     except Exception as error:  # the real call will say it again, where it belongs
         return False, error
     finally:

@@ -12,41 +12,50 @@
 from __future__ import annotations
 
 import contextlib
-import threading
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+import sys
+from types import CodeType, FrameType
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .attrs import put_back, take
 
-
-class _Depth(threading.local):
-    depth = 0  # per thread: how many recomputes this thread is inside
-
-
-recompute_depth = _Depth()  # (the call path's settled recompute counts it inline)
+# Where a recompute runs: the code objects of the functions that run one, each with the name of
+# its local that is true while it does ("": always). is_recomputing() looks for them on the
+# calling thread's stack, so the call path pays nothing for it (a thread-local counter, kept up
+# in every recompute, cost about a quarter of the wrapper's overhead per layer call).
+_RECOMPUTE_FRAMES: Dict[CodeType, str] = {}
 
 
 def is_recomputing() -> bool:
-    """True inside a checkpointed layer's recompute (in the thread running it)."""
-    return recompute_depth.depth > 0
+    """True inside a checkpointed layer's recompute (in the thread running it). It walks the
+    calling thread's stack: call it where a side effect must not repeat, not in a hot loop."""
+    frame: Optional[FrameType] = sys._getframe(1)
+    while frame is not None:
+        flag = _RECOMPUTE_FRAMES.get(frame.f_code)
+        if flag is not None and (not flag or frame.f_locals.get(flag)):
+            return True
+        frame = frame.f_back
+    return False
 
 
-class _Recomputing:
-    """`with RECOMPUTING:` marks this thread as inside a recompute (a plain class: it runs
-    on every recompute, and generator context managers cost more)."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        recompute_depth.depth += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        recompute_depth.depth -= 1
+def mark_recompute_frames(outer: Callable[..., Any], name: str, flag: str) -> None:
+    """The function `name` defined inside `outer` runs recomputes: its frames are one while
+    their local `flag` is true."""
+    inner = [code for code in outer.__code__.co_consts
+             if isinstance(code, CodeType) and code.co_name == name]
+    if len(inner) != 1 or flag not in inner[0].co_varnames:
+        raise LookupError(f"{outer.__qualname__} defines no one {name}() with a local {flag}")
+    _RECOMPUTE_FRAMES[inner[0]] = flag
 
 
-RECOMPUTING = _Recomputing()  # `with RECOMPUTING:` around a recompute
+def as_recompute(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)`, with is_recomputing() true inside it."""
+    return function(*args, **kwargs)
+
+
+_RECOMPUTE_FRAMES[as_recompute.__code__] = ""
 
 
 def maybe(context: Any) -> Any:

@@ -148,14 +148,25 @@ def inside_other_checkpoint() -> bool:
     calls torch.utils.checkpoint itself): in a non-reentrant checkpoint's forward (its
     saved-tensor hooks are on top) or in any recompute during backward. Checkpointing the layer
     again there would only recompute it twice."""
-    if _GRAPH_TASK_ID is not None and _GRAPH_TASK_ID() != -1:  # in a backward: a recompute
-        return True
-    hooks = _top_saved_tensors_hooks()
-    return hooks is not None and getattr(hooks[0], "__module__", None) == _torch_checkpoint.__name__
+    return current_graph_task_id() != -1 or checkpoint_hooks_on_top(top_saved_tensors_hooks())
 
 
-# torch internals read by inside_other_checkpoint (feature-detected: absent means "not seen")
-_GRAPH_TASK_ID = getattr(torch._C, "_current_graph_task_id", None)
+def checkpoint_hooks_on_top(hooks: Any) -> bool:
+    """Whether the innermost saved-tensor hooks (`top_saved_tensors_hooks()`) are a
+    non-reentrant checkpoint's (gcshim's own checkpoints are torch's too)."""
+    return hooks is not None and getattr(hooks[0], "__module__", None) == _CHECKPOINT_MODULE
+
+
+# torch internals read by inside_other_checkpoint (feature-detected: absent means "not seen"),
+# C-level where torch has them: the call path calls them on every layer call
+def _no_graph_task() -> int:
+    return -1
+
+
+# -1 outside backward; the id of the backward running otherwise
+current_graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id",
+                                                   _no_graph_task)
+_CHECKPOINT_MODULE = _torch_checkpoint.__name__
 
 
 def _find_top_hooks() -> Callable[[], Any]:
@@ -172,7 +183,7 @@ def _find_top_hooks() -> Callable[[], Any]:
     return functools.partial(top, False)  # C-level: no Python frame on every layer call
 
 
-_top_saved_tensors_hooks = _find_top_hooks()
+top_saved_tensors_hooks = _find_top_hooks()
 
 
 # torch's internal exceptions that steer the recompute (non-reentrant early stop, 2.1+): they
