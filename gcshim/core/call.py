@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import sys
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
@@ -67,14 +67,25 @@ def cache_policy(module: nn.Module, adapter: Adapter) -> str:
     return adapter.cache_policy
 
 
+def _find_ddp_class() -> Optional[type]:
+    try:
+        from torch.nn.parallel import DistributedDataParallel
+    except ImportError:  # a torch built without it
+        return None
+    return DistributedDataParallel
+
+
+# The DDP whose forward is running (DDP sets it during its forward, 2.1+), or None: C-level,
+# since the reentrant call path asks on every layer call.
+_active_ddp = functools.partial(getattr, _find_ddp_class(), "_active_ddp_module", None)
+
+
 def _ddp_breaks_reentrant() -> bool:
     """Inside the forward of a DDP with find_unused_parameters=True (and no static graph),
     where reentrant checkpointing fails in backward: DDP marks the parameters it cannot see
     through the reentrant call as unused, then their gradients arrive ("Expected to mark a
     variable ready only once")."""
-    ddp_module = sys.modules.get("torch.nn.parallel.distributed")
-    ddp_class = getattr(ddp_module, "DistributedDataParallel", None)
-    active = getattr(ddp_class, "_active_ddp_module", None)  # set during DDP forward (2.1+)
+    active = _active_ddp()
     return (active is not None and bool(getattr(active, "find_unused_parameters", False))
             and not getattr(active, "static_graph", False))
 
@@ -206,7 +217,10 @@ class CheckpointedCall:
         """Whether a framework's checkpointing flag is up on the layer (then ask it)."""
         if any(map(instance.__dict__.get, self._flags)):
             return True
-        return any(getattr(type(instance), name, False) for name in self._class_flags)
+        for name in self._class_flags:
+            if getattr(type(instance), name, False):
+                return True
+        return False
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
         return self._cache_in_signature or bool(kwargs) and any(
@@ -235,10 +249,10 @@ class CheckpointedCall:
                 hooks = top_saved_tensors_hooks() if input_needs else None
                 if input_needs and not is_compiling() and current_graph_task_id() == -1 and (
                         hooks is None or not checkpoint_hooks_on_top(hooks)) and not (
-                        self.options.use_reentrant and _ddp_breaks_reentrant()):
+                        self.options.use_reentrant and _active_ddp() is not None
+                        and _ddp_breaks_reentrant()):
                     self.last_skip = None
-                    return self._checkpoint_settled(wrapped, instance, args, {}, args,
-                                                    tree.TENSORS_ONLY)
+                    return self._checkpoint_positional(wrapped, instance, args)
         if not (instance.training and torch.is_grad_enabled()):
             self.last_skip = skip_reason(instance)
             return wrapped(*args, **kwargs)
@@ -454,6 +468,47 @@ class CheckpointedCall:
                 and not self._has_buffers and not self.adapter.module_state
                 and self.offloader is None)
 
+    def _checkpoint_positional(self, wrapped: Callable[..., Any], module: nn.Module,
+                               args: Tuple[Any, ...]) -> Any:
+        """`_checkpoint_settled` for a call with tensors by position only (the usual layer):
+        forward and recompute take the checkpoint's tensors as they come, and a closure made
+        for the mode carries nothing else (each captured name costs on every call)."""
+        forward_done = []
+        if not self.options.use_reentrant:
+            def run(*flat: torch.Tensor) -> Any:
+                recompute = bool(forward_done)  # (is_recomputing() reads it on the stack)
+                try:
+                    if not recompute:
+                        forward_done.append(True)
+                    return wrapped(*flat)
+                except CONTROL_FLOW:
+                    raise
+                except Exception as error:
+                    self._note_error(error, module, recompute)
+                    raise
+
+            return checkpoint(run, args, self.options)
+        outputs: Optional[_FlatOutputs] = None  # made for an output to take apart
+
+        def run_reentrant(*flat: torch.Tensor) -> Any:  # (no early stop to let through)
+            nonlocal outputs
+            recompute = bool(forward_done)  # (is_recomputing() reads it on the stack)
+            try:
+                if not recompute:
+                    forward_done.append(True)
+                output = wrapped(*flat)
+            except Exception as error:
+                self._note_error(error, module, recompute)
+                raise
+            if type(output) is torch.Tensor:
+                return output
+            if outputs is None:
+                outputs = _FlatOutputs()
+            return outputs.flat(output, recompute)
+
+        output = checkpoint(run_reentrant, args, self.options)
+        return output if outputs is None else outputs.whole(output)
+
     def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
                             args: Tuple[Any, ...], kwargs: Dict[str, Any],
                             tensors: Sequence[torch.Tensor], skeleton: Any) -> Any:
@@ -461,9 +516,11 @@ class CheckpointedCall:
         bookkeeping that cannot apply to it."""
         count = len(tensors)
         forward_done = []
-        outputs = _FlatOutputs() if self.options.use_reentrant else None
+        reentrant = self.options.use_reentrant
+        outputs: Optional[_FlatOutputs] = None  # made for a reentrant output to take apart
 
         def run(*flat: torch.Tensor) -> Any:
+            nonlocal outputs
             recompute = bool(forward_done)  # (is_recomputing() reads it on the stack)
             try:
                 if not recompute:
@@ -479,12 +536,16 @@ class CheckpointedCall:
             except Exception as error:
                 self._note_error(error, module, recompute)
                 raise
-            if outputs is None or type(output) is torch.Tensor:  # one tensor: nothing to flatten
+            if not reentrant or type(output) is torch.Tensor:  # one tensor: nothing to flatten
                 return output
+            if outputs is None:
+                outputs = _FlatOutputs()
             return outputs.flat(output, recompute)
 
         output = checkpoint(run, tensors, self.options)
-        return output if outputs is None or type(output) is torch.Tensor else outputs.whole(output)
+        if outputs is None:  # non-reentrant, or one tensor
+            return output
+        return outputs.whole(output)
 
     def _note_error(self, error: Exception, module: nn.Module, recompute: bool) -> None:
         """Say where a layer's own error passed through gcshim (torch's early-stop exception,
@@ -551,3 +612,6 @@ class CheckpointedCall:
 # The recomputes run in these closures: is_recomputing() finds them on the stack.
 side_effects.mark_recompute_frames(CheckpointedCall._checkpoint, "run", "recompute")
 side_effects.mark_recompute_frames(CheckpointedCall._checkpoint_settled, "run", "recompute")
+side_effects.mark_recompute_frames(CheckpointedCall._checkpoint_positional, "run", "recompute")
+side_effects.mark_recompute_frames(CheckpointedCall._checkpoint_positional, "run_reentrant",
+                                   "recompute")
