@@ -7,7 +7,9 @@ gcshim cannot put back exactly, an error that names it. Our own small models; th
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -172,6 +174,14 @@ def test_a_large_tensor_written_in_place_on_the_layer_is_an_error():
     gcshim.apply(model, layers=WindowLayer)
     with pytest.raises(SideChannelError, match=r"WindowLayer writes in place into 'window'"):
         model(torch.randn(2, 5, DIM, requires_grad=True))
+    # the window keeps the failed call's graph; the layer, dropped, is still freed at once
+    dropped = weakref.ref(model[0])
+    gc.disable()
+    try:
+        del model
+        assert dropped() is None, "the failed call's graph keeps the layer alive"
+    finally:
+        gc.enable()
 
 
 class StateBlock(nn.Module):
@@ -247,8 +257,6 @@ class KeyValueCache(PrefixCache):
 def test_a_kept_cache_leaves_nothing_alive_after_the_step(reentrant):
     """The cache holds the checkpoint's outputs, whose autograd node holds the call that holds
     the cache: once backward has run, the model and its layers are freed."""
-    import gc
-    import weakref
 
     model = PrefixTuned()
     gcshim.apply(model, layers=AttendToCache, use_reentrant=reentrant)

@@ -156,8 +156,8 @@ class CheckpointedCall:
         self.signature = signature
         self.offloader = offloader
         # Decided once, so a layer without cache arguments pays nothing for them per call.
-        self._cache_names = adapter.cache_names
-        self._cache_in_signature = signature.mentions_any(self._cache_names)
+        self._cache_names = frozenset(adapter.cache_names)
+        self._cache_in_signature = signature.mentions_any(adapter.cache_names)
         # where reentrant mode cannot work (torch.compile; DDP finding unused parameters; a
         # layer with a side channel)
         self.non_reentrant = dataclasses.replace(options, use_reentrant=False)
@@ -223,8 +223,7 @@ class CheckpointedCall:
         return False
 
     def _may_carry_cache(self, kwargs: Dict[str, Any]) -> bool:
-        return self._cache_in_signature or bool(kwargs) and any(
-            name in kwargs for name in self._cache_names)
+        return self._cache_in_signature or not self._cache_names.isdisjoint(kwargs)
 
     def __call__(
         self,
@@ -435,13 +434,20 @@ class CheckpointedCall:
             with self.offloader.moving_saved_inputs():
                 output = checkpoint(run, tensors, options, compiling)
         if probe is not None:
-            if not self.probed:
-                findings = probe.findings()
-                if trial is not None and not (trial[0] and side_channels.same_values(
-                        trial[1], output)):
-                    findings.append(side_channels.Finding("grad mode", ""))
-                self._settle(module, findings)
-            changed = probe.replay()
+            try:
+                if not self.probed:
+                    findings = probe.findings()
+                    if trial is not None and not (trial[0] and side_channels.same_values(
+                            trial[1], output)):
+                        findings.append(side_channels.Finding("grad mode", ""))
+                    self._settle(module, findings)
+                changed = probe.replay()
+            except SideChannelError:
+                # This call's graph lives on where the layer wrote it (an attribute of its own)
+                # and holds `run`, which holds the layer: a cycle through autograd that
+                # Python's collector cannot see. No backward follows the error: `run` lets go.
+                wrapped = module = None  # noqa: F841 (cells of `run`)
+                raise
             if changed is not None:
                 replay.append(changed)
         if reentrant:

@@ -148,7 +148,10 @@ def inside_other_checkpoint() -> bool:
     calls torch.utils.checkpoint itself): in a non-reentrant checkpoint's forward (its
     saved-tensor hooks are on top) or in any recompute during backward. Checkpointing the layer
     again there would only recompute it twice."""
-    return current_graph_task_id() != -1 or checkpoint_hooks_on_top(top_saved_tensors_hooks())
+    if current_graph_task_id() != -1:
+        return True
+    hooks = top_saved_tensors_hooks()
+    return hooks is not None and checkpoint_hooks_on_top(hooks)
 
 
 def checkpoint_hooks_on_top(hooks: Any) -> bool:
