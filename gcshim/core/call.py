@@ -327,6 +327,8 @@ class CheckpointedCall:
         if not compiling and not keeps_cache and self._settled() and (
                 not self.options.use_reentrant or input_needs and not _ddp_breaks_reentrant()):
             self._fast = self._policy != "run-as-is" and not self._cache_in_signature
+            if skeleton is tree.TENSORS_ONLY:
+                return self._checkpoint_positional(wrapped, module, args)
             return self._checkpoint_settled(wrapped, module, args, kwargs, tensors, skeleton)
         options = self.options
         probe = None
@@ -518,8 +520,9 @@ class CheckpointedCall:
     def _checkpoint_settled(self, wrapped: Callable[..., Any], module: nn.Module,
                             args: Tuple[Any, ...], kwargs: Dict[str, Any],
                             tensors: Sequence[torch.Tensor], skeleton: Any) -> Any:
-        """`_checkpoint` for a settled layer: the same call, without the checks and the
-        bookkeeping that cannot apply to it."""
+        """`_checkpoint` for a settled layer called with keywords or containers (tensors by
+        position only take `_checkpoint_positional`): the same call, without the checks and
+        the bookkeeping that cannot apply to it."""
         count = len(tensors)
         forward_done = []
         reentrant = self.options.use_reentrant
@@ -532,8 +535,6 @@ class CheckpointedCall:
                 if not recompute:
                     forward_done.append(True)
                     output = wrapped(*args, **kwargs)  # the caller's own containers
-                elif skeleton is tree.TENSORS_ONLY:  # (never traced: eager only)
-                    output = wrapped(*flat)
                 else:
                     call_args, call_kwargs = tree.unflatten_call(skeleton, flat[:count])
                     output = wrapped(*call_args, **call_kwargs)

@@ -154,10 +154,10 @@ def inside_other_checkpoint() -> bool:
     return hooks is not None and checkpoint_hooks_on_top(hooks)
 
 
-def checkpoint_hooks_on_top(hooks: Any) -> bool:
-    """Whether the innermost saved-tensor hooks (`top_saved_tensors_hooks()`) are a
+def checkpoint_hooks_on_top(hooks: Tuple[Any, Any]) -> bool:
+    """Whether the innermost saved-tensor hooks (`top_saved_tensors_hooks()`, not None) are a
     non-reentrant checkpoint's (gcshim's own checkpoints are torch's too)."""
-    return hooks is not None and getattr(hooks[0], "__module__", None) == _CHECKPOINT_MODULE
+    return getattr(hooks[0], "__module__", None) == _CHECKPOINT_MODULE
 
 
 # torch internals read by inside_other_checkpoint (feature-detected: absent means "not seen"),
